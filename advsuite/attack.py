@@ -1,0 +1,132 @@
+"""The attack protocol: what every attack receives and returns."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from advsuite.models.classifier import Classifier
+from advsuite.oracles import LabelOracle, ScoreOracle
+
+ThreatModel = Literal["whitebox", "score", "label"]
+Target = Classifier | LabelOracle | ScoreOracle
+
+
+def distances(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample L2, Linf and per-pixel MSE between two batches."""
+    delta = (x_adv - x).flatten(1).float()
+    return {
+        "l2": delta.norm(p=2, dim=1),
+        "linf": delta.abs().amax(dim=1) if delta.shape[1] else torch.zeros(len(delta)),
+        "mse": delta.pow(2).mean(dim=1),
+    }
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns, per sample.
+
+    ``success`` is the attack's own claim; the evaluate pipeline re-checks it with a fresh
+    forward pass. Fixed-epsilon attacks called with several epsilons fill ``epsilons``,
+    ``x_adv_by_eps`` and ``success_by_eps``; ``x_adv`` is then the result at the largest epsilon.
+    Query attacks fill ``trace``: one (T, 2) tensor per sample of (queries so far, L2 distance).
+    """
+
+    x: torch.Tensor
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    queries: torch.Tensor
+    epsilons: list[float] | None = None
+    x_adv_by_eps: list[torch.Tensor] | None = None
+    success_by_eps: torch.Tensor | None = None
+    trace: list[torch.Tensor] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def distances(self) -> dict[str, torch.Tensor]:
+        return distances(self.x, self.x_adv)
+
+    def to(self, device: torch.device | str) -> AttackResult:
+        def move(t: Any) -> Any:
+            if isinstance(t, torch.Tensor):
+                return t.to(device)
+            if isinstance(t, list):
+                return [move(v) for v in t]
+            return t
+
+        return AttackResult(
+            x=move(self.x),
+            x_adv=move(self.x_adv),
+            success=move(self.success),
+            queries=move(self.queries),
+            epsilons=self.epsilons,
+            x_adv_by_eps=move(self.x_adv_by_eps),
+            success_by_eps=move(self.success_by_eps),
+            trace=move(self.trace),
+            extras=self.extras,
+        )
+
+
+class Attack(abc.ABC):
+    """Base class: a callable holding only hyper-parameters.
+
+    Subclasses are dataclasses whose fields are the hyper-parameters (validated in
+    ``__post_init__``) and implement :meth:`run`. ``threat_model`` says what the attack is given:
+    the differentiable Classifier (``whitebox``), a :class:`ScoreOracle` or a :class:`LabelOracle`.
+    """
+
+    threat_model: ClassVar[ThreatModel] = "whitebox"
+    #: the norm distances are reported in; "linf" or "l2"
+    norm: str = "l2"
+    #: fixed-epsilon attacks say so; minimisation attacks report distance instead
+    fixed_epsilon: ClassVar[bool] = False
+    targeted: bool = False
+
+    def __call__(
+        self,
+        target: Target,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        targets: torch.Tensor | None = None,
+        starting_points: torch.Tensor | None = None,
+    ) -> AttackResult:
+        from advsuite.validation import check_images, check_labels
+
+        bounds = target.bounds
+        check_images(x, bounds=bounds, shape=target.input_shape)
+        check_labels(y, len(x), target.num_classes)
+        if targets is not None:
+            check_labels(targets, len(x), target.num_classes, name="targets")
+        if self.targeted and targets is None:
+            raise ValueError(f"{type(self).__name__} is targeted: pass targets=")
+        if starting_points is not None:
+            check_images(starting_points, bounds=bounds, shape=target.input_shape, name="starting_points")
+        if self.threat_model == "whitebox" and not isinstance(target, Classifier):
+            raise TypeError(f"{type(self).__name__} is white-box: pass the Classifier, not an oracle")
+        if self.threat_model == "label" and not isinstance(target, LabelOracle):
+            raise TypeError(f"{type(self).__name__} is decision-based: pass a LabelOracle")
+        if self.threat_model == "score" and not isinstance(target, ScoreOracle):
+            raise TypeError(f"{type(self).__name__} is score-based: pass a ScoreOracle")
+        device = target.device
+        x, y = x.to(device), y.to(device)
+        targets = targets.to(device) if targets is not None else None
+        if isinstance(target, Classifier):
+            with target.evaluating():
+                return self.run(target, x, y, targets=targets, starting_points=starting_points)
+        return self.run(target, x, y, targets=targets, starting_points=starting_points)
+
+    @abc.abstractmethod
+    def run(
+        self,
+        target: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        targets: torch.Tensor | None,
+        starting_points: torch.Tensor | None,
+    ) -> AttackResult:
+        """The algorithm; inputs are already validated and on the target's device."""

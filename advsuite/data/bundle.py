@@ -1,0 +1,44 @@
+"""``DataBundle``: a dataset's train/test splits plus what a model needs to know about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+DATA_ROOT_ENV = "ADVSUITE_DATA"
+
+
+@dataclass
+class DataBundle:
+    """Train and test splits yielding ``(float32 CHW image in [0, 1], int label)``."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    #: per-channel statistics a model of this dataset normalises with
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    class_names: list[str] | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def as_tensors(dataset: Dataset, n: int | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` samples from ``start`` as (float32 NCHW, int64) tensors."""
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors[0], dataset.tensors[1]
+        stop = len(x) if n is None else start + n
+        return x[start:stop].float(), y[start:stop].long()
+    total = len(dataset)  # type: ignore[arg-type]
+    stop = total if n is None else min(total, start + n)
+    subset = torch.utils.data.Subset(dataset, range(start, stop))
+    xs, ys = [], []
+    for xb, yb in DataLoader(subset, batch_size=256, shuffle=False):
+        xs.append(xb.float())
+        ys.append(torch.as_tensor(yb).long())
+    if not xs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(xs), torch.cat(ys)

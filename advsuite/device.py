@@ -1,0 +1,26 @@
+"""Device selection: ``auto`` uses a GPU when one is present; nothing assumes CUDA."""
+
+from __future__ import annotations
+
+import torch
+
+from advsuite.errors import ConfigError
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:1``/``mps`` into a :class:`torch.device`."""
+    if isinstance(spec, torch.device):
+        return spec
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={spec!r} was asked for but no CUDA GPU is available; use device=auto")
+    return device

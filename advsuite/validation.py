@@ -1,0 +1,51 @@
+"""Checks at the edge of the system: inputs are float NCHW tensors inside the model's bounds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from advsuite.errors import InputError
+
+
+def check_images(
+    x: torch.Tensor,
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    shape: Sequence[int] | None = None,
+    name: str = "inputs",
+) -> None:
+    """Raise :class:`InputError` unless ``x`` is a float (N, C, H, W) batch inside ``bounds``.
+
+    Inputs are never clipped silently: a value outside the range is a bug in the caller.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a float tensor scaled to {bounds}, got dtype {x.dtype}")
+    if x.dim() != 4:
+        want = f"(N, {', '.join(map(str, shape))})" if shape else "(N, C, H, W)"
+        raise InputError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise InputError(
+            f"{name} must have shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}"
+        )
+    if x.numel() == 0:
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if not (lo >= bounds[0] and hi <= bounds[1]):  # also catches NaN
+        raise InputError(
+            f"{name} must lie in [{bounds[0]}, {bounds[1]}] (advsuite expects unnormalised images; "
+            f"normalisation happens inside the Classifier), got values in [{lo:.4g}, {hi:.4g}]"
+        )
+
+
+def check_labels(y: torch.Tensor, n: int, num_classes: int, name: str = "labels") -> None:
+    """Raise :class:`InputError` unless ``y`` holds ``n`` integer class indices."""
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise InputError(f"{name} must be an integer tensor of class indices")
+    if tuple(y.shape) != (n,):
+        raise InputError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise InputError(f"{name} must lie in [0, {num_classes - 1}], got [{int(y.min())}, {int(y.max())}]")
