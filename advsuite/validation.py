@@ -28,9 +28,7 @@ def check_images(
         want = f"(N, {', '.join(map(str, shape))})" if shape else "(N, C, H, W)"
         raise InputError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-        raise InputError(
-            f"{name} must have shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}"
-        )
+        raise InputError(f"{name} must have shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
     if x.numel() == 0:
         return
     lo, hi = float(x.min()), float(x.max())

@@ -20,6 +20,9 @@ class Classifier(nn.Module):
     Errors name the model, so a failing run in a sweep says which model broke.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         net: nn.Module,
@@ -60,7 +63,7 @@ class Classifier(nn.Module):
     def device(self) -> torch.device:
         for tensor in self.parameters():
             return tensor.device
-        return self.mean.device
+        return self.mean.device  # a network without parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.validate_inputs:
@@ -74,8 +77,7 @@ class Classifier(nn.Module):
                 logits = self.net(z)
         except Exception as exc:  # re-raised with the model and the input shape named
             raise ModelError(
-                f"model {self.name!r} raised {type(exc).__name__} in forward on input of shape "
-                f"{tuple(x.shape)}: {exc}"
+                f"model {self.name!r} raised {type(exc).__name__} in forward on input of shape {tuple(x.shape)}: {exc}"
             ) from exc
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (x.shape[0], self.num_classes):
             seen = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -104,9 +106,7 @@ class Classifier(nn.Module):
     def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Top-1 labels in eval mode, chunked by ``batch_size``; ``x`` may live on any device."""
         with self.evaluating():
-            out = [
-                self(x[i : i + batch_size].to(self.device)).argmax(1).cpu() for i in range(0, len(x), batch_size)
-            ]
+            out = [self(x[i : i + batch_size].to(self.device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
     def verify(self) -> None:
