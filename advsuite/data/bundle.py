@@ -34,6 +34,11 @@ def as_tensors(dataset: Dataset, n: int | None = None, start: int = 0) -> tuple[
         return x[start:stop].float(), y[start:stop].long()
     total = len(dataset)  # type: ignore[arg-type]
     stop = total if n is None else min(total, start + n)
+    # In-memory datasets (e.g. ImageArrayDataset's uint8 storage) convert a whole slice in one
+    # vectorised step instead of a DataLoader loop over single images.
+    slice_tensors = getattr(dataset, "slice_tensors", None)
+    if callable(slice_tensors):
+        return slice_tensors(start, stop)
     subset = torch.utils.data.Subset(dataset, range(start, stop))
     xs, ys = [], []
     for xb, yb in DataLoader(subset, batch_size=256, shuffle=False):

@@ -1,0 +1,24 @@
+"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard)."""
+
+from __future__ import annotations
+
+import importlib
+
+from omegaconf import DictConfig
+
+from advsuite.errors import ConfigError
+
+# task name -> "module:function"; imported lazily so each task only loads what it needs
+TASKS = {
+    "evaluate": "advsuite.tasks.evaluate:run_evaluate",
+    "train": "advsuite.tasks.train:run_train",
+    "leaderboard": "advsuite.tasks.leaderboard:run_leaderboard",
+}
+
+
+def run_task(cfg: DictConfig) -> object:
+    name = cfg.task.name
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    module, function = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), function)(cfg)
