@@ -1,0 +1,173 @@
+"""The Python API: wrap your own model, build any attack, evaluate and record in one call.
+
+Everything here is what the CLI does, without Hydra: the same attack names and options as
+``attack=...``, the same results store and leaderboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+from torch import nn
+
+from advsuite.attack import Attack
+from advsuite.errors import ConfigError, ModelError
+from advsuite.evaluation import Evaluation, evaluate
+from advsuite.models.checkpoints import weights_hash
+from advsuite.models.classifier import Classifier
+from advsuite.paths import advsuite_home
+from advsuite.recording import RunRecorder, format_summary, run_names, write_artifacts
+
+
+def wrap_model(
+    module: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    name: str | None = None,
+    device: str | torch.device | None = None,
+) -> Classifier:
+    """Wrap any ``nn.Module`` mapping images to logits as a :class:`Classifier`.
+
+    Give ``mean``/``std`` if the module expects normalised inputs (the Classifier then takes
+    [0, 1] images and normalises inside); leave them out if it normalises itself. ``num_classes``
+    is read from a forward pass on zeros when omitted, and checked against it when given.
+    """
+    if device is not None:
+        module = module.to(device)
+    name = name or type(module).__name__
+    probe_device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        was_training = module.training
+        module.eval()
+        try:
+            out = module(torch.zeros(2, *input_shape, device=probe_device))
+        except Exception as exc:
+            raise ModelError(
+                f"model {name!r} raised {type(exc).__name__} on an input of shape {(2, *input_shape)}: {exc}"
+            ) from exc
+        finally:
+            module.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != 2:
+        seen = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"model {name!r} must return logits of shape (N, num_classes), got {seen} for N=2")
+    if num_classes is not None and out.shape[1] != num_classes:
+        raise ModelError(f"model {name!r} returns {out.shape[1]} logits per image, but num_classes={num_classes}")
+    classifier = Classifier(
+        module, num_classes=int(out.shape[1]), input_shape=input_shape, mean=mean, std=std, bounds=bounds, name=name
+    ).to(probe_device)
+    classifier.info = {"model_source": f"{type(module).__module__}.{type(module).__qualname__}"}
+    return classifier
+
+
+def attack_names() -> list[str]:
+    """The attack config names (the options of ``attack=`` on the command line)."""
+    folder = importlib.resources.files("advsuite.conf") / "attack"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def build_attack(attack: str | type[Attack], **options: Any) -> Attack:
+    """An attack by its config name (``"pgd"``, ``"fb_hsja"``, ...) or its class, with options.
+
+    Options override the config's defaults; an option the attack does not have raises
+    :class:`ConfigError` listing the valid ones.
+    """
+    if isinstance(attack, str):
+        if attack not in attack_names():
+            raise ConfigError(f"unknown attack {attack!r}; valid names: {', '.join(attack_names())}")
+        text = (importlib.resources.files("advsuite.conf") / "attack" / f"{attack}.yaml").read_text()
+        # attack configs interpolate the run's ${seed} and ${verbose}
+        root = OmegaConf.create({"seed": options.get("seed", 0), "verbose": options.get("verbose", False)})
+        root.attack = OmegaConf.create(text)
+        config = OmegaConf.to_container(root.attack, resolve=True)
+        assert isinstance(config, dict)
+        cls = get_class(str(config.pop("_target_")))
+        kwargs = {str(k): v for k, v in config.items()}
+    else:
+        cls, kwargs = attack, {}
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ConfigError(f"{cls!r} is not an advsuite Attack")
+    valid = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(kwargs) | set(options)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
+    return cls(**{**kwargs, **options})
+
+
+def evaluate_and_record(
+    model: Classifier,
+    attack: Attack | str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    targets: torch.Tensor | None = None,
+    starting_points: torch.Tensor | None = None,
+    dataset: str = "custom",
+    model_name: str | None = None,
+    attack_name: str | None = None,
+    defense: str = "none",
+    seed: int = 0,
+    home: str | Path | None = None,
+    batch_size: int = 256,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``attack`` on ``(x, y)`` and record the run in the results store; returns the record.
+
+    The record is the one the CLI writes (``task=leaderboard`` lists it). Its model column is the
+    model's source (import path) and a hash of its weights.
+    """
+    if isinstance(attack, str):
+        attack_name = attack_name or attack
+        attack = build_attack(attack)
+    attack_name = attack_name or type(attack).__name__
+    model_name = model_name or model.name
+    model.info.setdefault("model_source", model_name)
+    model.info["weights_hash"] = model.info.get("weights_hash") or weights_hash(model.net)
+    attack_config = dataclasses.asdict(attack) if dataclasses.is_dataclass(attack) else {}  # type: ignore[arg-type]
+    config = {
+        "api": True,
+        "dataset": {"name": dataset, "n": len(x), "data_hash": _tensor_hash(x, y)},
+        "model": {"source": model.info["model_source"], "weights_hash": model.info["weights_hash"]},
+        "attack": {"_target_": f"{type(attack).__module__}.{type(attack).__qualname__}", **attack_config},
+        "defense": {"name": defense},
+        "seed": seed,
+    }
+    recorder = RunRecorder(config, home=advsuite_home(home), seed=seed)
+    with recorder:
+        recorder.names = run_names(
+            dataset=dataset, model_name=model_name, attack_name=attack_name, attack=attack, model=model, defense=defense
+        )
+        torch.manual_seed(seed)
+        ev: Evaluation = evaluate(
+            model,
+            attack,
+            x,
+            y,
+            targets=targets,
+            starting_points=starting_points,
+            batch_size=batch_size,
+            verbose=verbose,
+        )
+        recorder.finish(ev, write_artifacts(recorder.run_dir, ev, attack_name))
+        if verbose:
+            print(format_summary(recorder.names, ev.metrics))
+    return recorder.record
+
+
+def _tensor_hash(*tensors: torch.Tensor) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

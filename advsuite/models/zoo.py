@@ -1,0 +1,296 @@
+"""The model zoo: a :class:`Classifier` for (arch, dataset, recipe), from wherever its weights are.
+
+Resolution order (first that applies wins):
+
+1. ``spec.checkpoint``: an explicit file (safetensors or a torch state_dict); errors are fatal.
+2. the local zoo cache ``<cache_dir>/<dataset>/<arch>-<key>/`` where ``key`` hashes the recipe (with the
+   model's ``recipe_overrides`` merged in), the resolved architecture adaptation, the seed and the dataset's
+   shape; a corrupt entry is discarded with a warning.
+3. hub weights, only when ``spec.hub`` is true (ImageNet weights via torchvision/timm; offline ->
+   :class:`OfflineError`); with a new head they are fine-tuned with the recipe.
+4. training on demand with the recipe; the result is evaluated and cached.
+
+Cache entries are written atomically (weights first, then ``meta.json`` as the commit marker), so a killed
+run never leaves an entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advsuite.data.bundle import DataBundle
+from advsuite.device import resolve_device
+from advsuite.errors import CheckpointError, ConfigError, OfflineError
+from advsuite.models.archs import build_classifier, get_arch, hub_net
+from advsuite.models.checkpoints import atomic_write, load_weights, save_checkpoint, weights_hash
+from advsuite.models.classifier import Classifier
+from advsuite.paths import advsuite_home
+from advsuite.training import Recipe, evaluate_accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+SPEC_KEYS = ("name", "arch", "checkpoint", "hub", "kwargs", "recipe_overrides", "amp")
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+#: bump when the cache layout or key derivation changes, so old entries are not misread
+CACHE_VERSION = 1
+#: checkpoints are sanity-checked on at most this many test images (a wrong normalisation shows at once)
+CHECKPOINT_EVAL_LIMIT = 2000
+
+
+def zoo_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``cache_dir``, else ``advsuite_home()/zoo``."""
+    return Path(cache_dir).expanduser() if cache_dir else advsuite_home() / "zoo"
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python (without importing OmegaConf when it is not used)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return value
+
+
+def parse_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a model spec (``conf/model/<name>.yaml``) and fill in defaults."""
+    spec = dict(_plain(spec))
+    unknown = sorted(set(spec) - set(SPEC_KEYS) - {"_target_"})
+    if unknown:
+        raise ConfigError(f"unknown model config keys {unknown}; valid keys: {', '.join(SPEC_KEYS)}")
+    if not spec.get("arch"):
+        raise ConfigError("the model config needs an `arch` (e.g. model=smallcnn or model.arch=resnet50)")
+    get_arch(spec["arch"])
+    out = {
+        "arch": str(spec["arch"]),
+        "name": str(spec.get("name") or spec["arch"]),
+        "checkpoint": spec.get("checkpoint") or None,
+        "hub": bool(spec.get("hub", False)),
+        "kwargs": dict(spec.get("kwargs") or {}),
+        "recipe_overrides": dict(spec.get("recipe_overrides") or {}),
+        "amp": bool(spec.get("amp", False)),
+    }
+    return out
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded with every trained model (weights are only comparable across equal versions)."""
+    out: dict[str, str] = {"torch": str(torch.__version__)}
+    for package in ("torchvision", "timm", "advsuite", "safetensors"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def cache_key(
+    spec: Mapping[str, Any], data: DataBundle, recipe: Recipe, adaptation: Mapping[str, Any], seed: int
+) -> str:
+    """The hash naming a cache entry: recipe + resolved adaptation (arch kwargs) + hub + seed + dataset."""
+    extra = {
+        "cache_version": CACHE_VERSION,
+        "arch": spec["arch"],
+        "adaptation": dict(adaptation),  # includes the kwargs with the builder's defaults filled in
+        "hub": spec["hub"],
+        "seed": int(seed),
+        "dataset": {
+            "name": data.name,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "n_train": len(data.train),  # type: ignore[arg-type]
+            "mean": list(data.mean),
+            "std": list(data.std),
+        },
+    }
+    return recipe.digest(extra)
+
+
+def entry_dir(root: Path, data: DataBundle, arch: str, key: str) -> Path:
+    return root / data.name / f"{arch}-{key}"
+
+
+def load_model(
+    spec: Mapping[str, Any],
+    data: DataBundle,
+    *,
+    recipe: Recipe | Mapping[str, Any] | None = None,
+    device: torch.device | str = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+    force_train: bool = False,
+) -> Classifier:
+    """A ready :class:`Classifier` (eval mode, on ``device``) for ``spec`` on ``data``; see the module docstring.
+
+    ``force_train`` skips the cache (and hub) and retrains, replacing the cache entry. ``classifier.info`` holds
+    the provenance: source (checkpoint|cache|hub|trained), path, weights_hash, clean_accuracy, recipe, arch,
+    dataset, cache key.
+    """
+    parsed = parse_spec(spec)
+    merged = Recipe.coerce(_plain(recipe), parsed["recipe_overrides"])
+    dev = resolve_device(device)
+    arch, kwargs = parsed["arch"], parsed["kwargs"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
+        model = build_classifier(arch, data, name=parsed["name"], amp=parsed["amp"], **kwargs)
+    adaptation = dict(model.info["adaptation"])  # type: ignore[call-overload]
+    base_info: dict[str, Any] = {
+        "arch": arch,
+        "name": parsed["name"],
+        "dataset": data.name,
+        "kwargs": kwargs,
+        "adaptation": adaptation,
+        "seed": seed,
+    }
+
+    if parsed["checkpoint"]:
+        path = Path(str(parsed["checkpoint"])).expanduser()
+        load_weights(model, path)
+        model.to(dev).eval()
+        accuracy, n = evaluate_accuracy(model, data.test, limit=CHECKPOINT_EVAL_LIMIT, seed=seed)
+        model.info = {
+            **base_info,
+            "source": "checkpoint",
+            "path": str(path),
+            "weights_hash": weights_hash(model),
+            "clean_accuracy": accuracy,
+            "clean_accuracy_n": n,
+            "recipe": None,
+        }
+        _report(model)
+        return model
+
+    root = zoo_dir(cache_dir)
+    key = cache_key(parsed, data, merged, adaptation, seed)
+    entry = entry_dir(root, data, arch, key)
+    base_info.update(recipe=merged.to_dict(), cache_key=key)
+
+    if not force_train:
+        cached = _load_cached(model, entry)
+        if cached is not None:
+            model.to(dev).eval()
+            model.info = {**base_info, **cached, "source": "cache", "path": str(entry / WEIGHTS_FILE)}
+            _report(model)
+            return model
+
+    source, metrics = "trained", None
+    if parsed["hub"]:
+        net, adaptation, head_reset = _hub(arch, data, kwargs, verbose)
+        model.net = net
+        base_info["adaptation"] = adaptation
+        if head_reset:
+            log.info("%s: hub weights with a new %d-class head; fine-tuning with the recipe", arch, data.num_classes)
+            metrics = train_classifier(model, data, merged, device=dev, seed=seed, verbose=verbose)
+            base_info["init"] = "hub"
+        else:
+            source = "hub"
+    else:
+        log.info("%s: no cached weights for %s (key %s); training on %s", arch, data.name, key, dev)
+        metrics = train_classifier(model, data, merged, device=dev, seed=seed, verbose=verbose)
+
+    model.to(dev).eval()
+    if metrics is None:
+        accuracy, n = evaluate_accuracy(
+            model, data.test, batch_size=merged.eval_batch_size, limit=merged.test_subset, seed=seed
+        )
+        metrics = {"test_accuracy": accuracy, "n_test": n, "train_seconds": 0.0}
+    meta = {
+        **base_info,
+        "source": source,
+        "weights_hash": weights_hash(model),
+        "clean_accuracy": metrics["test_accuracy"],
+        "clean_accuracy_n": metrics["n_test"],
+        "train_seconds": metrics["train_seconds"],
+        "train_metrics": metrics,
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cache_version": CACHE_VERSION,
+    }
+    _store(model, entry, meta)
+    model.info = {**meta, "path": str(entry / WEIGHTS_FILE)}
+    _report(model)
+    return model
+
+
+def _hub(arch: str, data: DataBundle, kwargs: Mapping[str, Any], verbose: bool) -> tuple[Any, dict[str, Any], bool]:
+    channels, height, width = data.input_shape
+    try:
+        net, meta, head_reset = hub_net(
+            arch, in_chans=channels, num_classes=data.num_classes, image_size=(height, width), verbose=verbose, **kwargs
+        )
+    except (ConfigError, CheckpointError):
+        raise
+    except Exception as exc:
+        if _looks_offline(exc):
+            raise OfflineError(
+                f"could not download the hub weights for {arch!r} ({type(exc).__name__}: {exc}). This machine looks "
+                "offline: download them once on a machine with network (they are cached under $TORCH_HOME or the "
+                "Hugging Face cache), give model.checkpoint=/path/to/weights.safetensors, or set model.hub=false "
+                "to train the model here"
+            ) from exc
+        raise
+    return net, meta, head_reset
+
+
+def _looks_offline(exc: BaseException) -> bool:
+    """True for the errors urllib, requests, httpx and huggingface_hub raise when there is no network."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        module = type(seen).__module__
+        if isinstance(seen, (OSError, ConnectionError, TimeoutError)) or module.split(".")[0] in (
+            "urllib3",
+            "requests",
+            "httpx",
+            "httpcore",
+            "huggingface_hub",
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _load_cached(model: Classifier, entry: Path) -> dict[str, Any] | None:
+    """Load a cache entry into ``model``; its metadata, or None on a miss. A corrupt entry is removed."""
+    meta_path, weights_path = entry / META_FILE, entry / WEIGHTS_FILE
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        load_weights(model, weights_path)
+        if meta.get("weights_hash") != weights_hash(model):
+            raise CheckpointError(f"weights in {weights_path} do not match the hash recorded in {meta_path}")
+    except Exception as exc:  # anything unreadable is a cache miss, never a crash
+        warnings.warn(f"zoo cache entry {entry} is corrupt ({exc}); discarding it and retraining", stacklevel=3)
+        log.warning("corrupt zoo cache entry %s: %s", entry, exc)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    return dict(meta)
+
+
+def _store(model: Classifier, entry: Path, meta: Mapping[str, Any]) -> None:
+    entry.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, entry / WEIGHTS_FILE, {"arch": meta["arch"], "dataset": meta["dataset"]})
+    text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+    atomic_write(entry / META_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def _report(model: Classifier) -> None:
+    info = model.info
+    accuracy = info.get("clean_accuracy")
+    shown = f"{accuracy:.2%}" if isinstance(accuracy, float) else "n/a"
+    log.info("%s on %s: %s (%s), clean accuracy %s", info["arch"], info["dataset"], info["source"], info["path"], shown)

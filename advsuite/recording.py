@@ -1,0 +1,144 @@
+"""Recording a run: the record (written whatever happens), its artifacts and the printed summary.
+
+Used by ``task=evaluate`` and by :func:`advsuite.api.evaluate_and_record`, so the CLI and the Python
+API write the same records into the same store.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from advsuite.attack import Attack
+from advsuite.evaluation import Evaluation
+from advsuite.models.classifier import Classifier
+from advsuite.plots import plot_distortion_vs_queries, plot_robust_accuracy, save_image_grid
+from advsuite.results import ResultsStore, config_hash, git_commit, package_versions, write_record
+
+
+def new_run_dir(home: Path) -> Path:
+    return home / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+
+
+def run_names(
+    *, dataset: str, model_name: str, attack_name: str, attack: Attack | None, model: Classifier | None, defense: str
+) -> dict[str, Any]:
+    """The ``names`` block of a record: what was attacked, how, and under which threat model."""
+    eps = getattr(attack, "eps", None) if attack is not None and attack.fixed_epsilon else None
+    if isinstance(eps, list | tuple):
+        eps = max(eps)
+    info = model.info if model is not None else {}
+    return {
+        "task": "evaluate",
+        "dataset": dataset,
+        "model": model_name,
+        "attack": attack_name,
+        "defense": defense,
+        "threat_model": getattr(attack, "norm", None),
+        "epsilon": None if eps is None else float(eps),
+        "access": getattr(attack, "threat_model", None),
+        "model_source": info.get("model_source", model_name),
+        "weights_hash": info.get("weights_hash"),
+    }
+
+
+def write_artifacts(run_dir: Path, ev: Evaluation, attack_name: str, grid_images: int = 8) -> dict[str, str | None]:
+    """A robust-accuracy or distortion-vs-queries plot and an image grid, next to the record."""
+    artifacts: dict[str, str | None] = {"plot": None, "grid": None}
+    if ev.epsilons is not None and ev.robust_by_eps is not None:
+        plot_robust_accuracy(ev.epsilons, ev.robust_by_eps, run_dir / "robust_accuracy.png", title=attack_name)
+        artifacts["plot"] = "robust_accuracy.png"
+    elif any(len(t) for t in ev.traces):
+        plot_distortion_vs_queries({attack_name: ev.traces}, run_dir / "distortion_vs_queries.png")
+        artifacts["plot"] = "distortion_vs_queries.png"
+    shown = ev.attacked.nonzero().squeeze(1)[:grid_images]
+    if len(shown):
+        save_image_grid(ev.x[shown], ev.x_adv[shown], run_dir / "examples.png", n=grid_images)
+        artifacts["grid"] = "examples.png"
+    return artifacts
+
+
+def format_summary(names: dict[str, Any], metrics: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    rows = [
+        ("dataset / model", f"{names['dataset']} / {names['model']}"),
+        ("attack", f"{names['attack']} ({names['access']}, {names['threat_model']})"),
+        ("examples (attacked)", f"{metrics['n_examples']} ({metrics['n_attacked']})"),
+        ("clean accuracy", fmt(metrics["clean_accuracy"])),
+        ("robust accuracy", fmt(metrics["robust_accuracy"])),
+        ("success rate", fmt(metrics["success_rate"])),
+        ("median / mean L2", f"{fmt(metrics['median_l2'])} / {fmt(metrics['mean_l2'])}"),
+        ("median / mean Linf", f"{fmt(metrics['median_linf'])} / {fmt(metrics['mean_linf'])}"),
+        ("median / mean queries", f"{fmt(metrics['median_queries'])} / {fmt(metrics['mean_queries'])}"),
+        ("flips on re-check", fmt(metrics["flips"])),
+    ]
+    if metrics.get("robust_accuracy_by_eps"):
+        curve = ", ".join(f"{e}: {a:.3f}" for e, a in metrics["robust_accuracy_by_eps"].items())
+        rows.insert(5, ("robust acc. by eps", curve))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+class RunRecorder:
+    """Context manager around one run: the record is written and indexed however the run ends.
+
+    A run that raises is recorded as ``failed`` with its error (then the exception propagates);
+    one that calls :meth:`finish` is recorded as ``finished``.
+    """
+
+    def __init__(self, config: dict[str, Any], *, home: Path, run_dir: Path | None = None, seed: int = 0) -> None:
+        self.store = ResultsStore(home)
+        self.run_dir = run_dir or new_run_dir(home)
+        self.started = time.time()
+        self.names: dict[str, Any] = {}
+        self.record: dict[str, Any] = {
+            "schema": 1,
+            "run_id": uuid.uuid4().hex,
+            "status": "failed",
+            "error": None,
+            "created": datetime.now(timezone.utc).isoformat(),
+            "config": config,
+            "config_hash": config_hash(config),
+            "seed": seed,
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "run_dir": str(self.run_dir),
+        }
+
+    def previous(self) -> dict[str, Any] | None:
+        """The finished record of an identical configuration, if one exists."""
+        return self.store.finished(self.record["config_hash"])
+
+    def __enter__(self) -> RunRecorder:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def finish(self, ev: Evaluation, artifacts: dict[str, str | None]) -> None:
+        self.record.update(
+            status="finished",
+            names=self.names,
+            metrics=ev.metrics,
+            per_sample={"index": list(range(len(ev.x))), **ev.per_sample},
+            artifacts=artifacts,
+        )
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            self.record.update(
+                status="failed",
+                names=self.names,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback="".join(traceback.format_exception(exc_type, exc, tb)),
+            )
+        self.record["duration_s"] = time.time() - self.started
+        write_record(self.run_dir, self.record)
+        self.store.index(self.record)

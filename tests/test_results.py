@@ -1,0 +1,280 @@
+"""Run records (atomic writes, config hashes) and the SQLite results index."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from advsuite.results import ResultsStore, config_hash, git_commit, package_versions, read_record, write_record
+from advsuite.results import record as record_module
+
+
+def make_record(home: Path, run_id: str, **overrides: Any) -> dict[str, Any]:
+    """A small record in the documented schema, with its run directory under ``home/runs``."""
+    names = {
+        "task": "evaluate",
+        "dataset": "mnist5k",
+        "model": "smallcnn",
+        "attack": "pgd",
+        "defense": "none",
+        "threat_model": "linf",
+        "epsilon": 0.3,
+        "access": "whitebox",
+        "model_source": "zoo:smallcnn",
+        "weights_hash": None,
+    }
+    names.update(overrides.pop("names", {}))
+    metrics = {"n_examples": 4, "clean_accuracy": 1.0, "robust_accuracy": 0.5, "success_rate": 0.5}
+    metrics.update(overrides.pop("metrics", {}))
+    run_dir = home / "runs" / "2024-01-01" / run_id
+    record = {
+        "schema": 1,
+        "run_id": run_id,
+        "status": "finished",
+        "error": None,
+        "created": "2024-01-01T00:00:00+00:00",
+        "duration_s": 1.5,
+        "config": {"attack": {"name": names["attack"]}, "seed": 0},
+        "config_hash": "h-" + run_id,
+        "seed": 0,
+        "versions": {"advsuite": "0.1.0", "torch": "2.4.0"},
+        "git_commit": None,
+        "names": names,
+        "metrics": metrics,
+        "per_sample": {"index": [0, 1, 2, 3], "success": [True, False, True, False]},
+        "artifacts": {"plot": None, "grid": None},
+        "run_dir": str(run_dir),
+    }
+    record.update(overrides)
+    return record
+
+
+def save(store: ResultsStore, record: dict[str, Any]) -> Path:
+    path = write_record(record["run_dir"], record)
+    store.index(record)
+    return path
+
+
+# -- record.json ------------------------------------------------------------------------------
+
+
+def test_write_record_round_trip_without_temp_files(tmp_path: Path) -> None:
+    record = make_record(tmp_path, "r1", metrics={"median_l2": math.nan, "mean_l2": math.inf})
+    path = write_record(tmp_path / "run", record)
+    assert path == tmp_path / "run" / "record.json"
+    assert os.listdir(tmp_path / "run") == ["record.json"]
+    back = read_record(tmp_path / "run")  # a run directory works as well as the file
+    assert back["metrics"]["median_l2"] is None and back["metrics"]["mean_l2"] is None  # JSON has no NaN/inf
+    assert back["metrics"]["robust_accuracy"] == 0.5
+    assert back["per_sample"] == record["per_sample"]
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+
+
+def test_failed_write_keeps_the_previous_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    write_record(run, make_record(tmp_path, "old"))
+
+    def broken_fsync(fd: int) -> None:  # the data is half-way to disk when the machine "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(record_module.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        write_record(run, make_record(tmp_path, "new"))
+    monkeypatch.undo()
+
+    def broken_dumps(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("serialiser crashed")
+
+    monkeypatch.setattr(record_module.json, "dumps", broken_dumps)
+    with pytest.raises(RuntimeError):
+        write_record(run, make_record(tmp_path, "new"))
+    monkeypatch.undo()
+
+    with pytest.raises(TypeError, match="cannot store"):
+        write_record(run, {**make_record(tmp_path, "new"), "oops": object()})
+    assert read_record(run)["run_id"] == "old"
+    assert os.listdir(run) == ["record.json"]
+
+
+def test_records_accept_tensors_and_paths(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    record = make_record(tmp_path, "t", per_sample={"l2": torch.tensor([0.5, float("nan")])}, where=tmp_path)
+    back = read_record(write_record(tmp_path / "run", record))
+    assert back["per_sample"]["l2"] == [0.5, None]
+    assert back["where"] == str(tmp_path)
+
+
+def test_config_hash_ignores_key_order_and_ignored_keys() -> None:
+    config = {"attack": {"name": "pgd", "steps": 10, "eps": 0.3}, "seed": 0, "task": {"name": "evaluate"}}
+    reordered = {"task": {"name": "evaluate"}, "seed": 0, "attack": {"eps": 0.3, "steps": 10, "name": "pgd"}}
+    noisy = {
+        **reordered,
+        "paths": {"home": "/elsewhere"},
+        "redo": True,
+        "verbose": False,
+        "hydra": {"run": {"dir": "${now:%H}"}},
+        "task": {"name": "evaluate", "grid_images": 16},
+    }
+    h = config_hash(config)
+    assert len(h) == 64 and int(h, 16) >= 0
+    assert config_hash(reordered) == h
+    assert config_hash(noisy) == h
+    assert config_hash({**config, "seed": 1}) != h
+    assert config_hash({**config, "attack": {"name": "pgd", "steps": 20, "eps": 0.3}}) != h
+    # the ignored keys are a parameter
+    assert config_hash({**config, "seed": 1}, ignore=["seed"]) == config_hash(config, ignore=["seed"])
+    assert config_hash(noisy, ignore=()) != h
+
+
+def test_config_hash_accepts_omegaconf() -> None:
+    from omegaconf import OmegaConf
+
+    plain = {"attack": {"name": "pgd", "eps": 0.3}, "seed": 0}
+    cfg = OmegaConf.create({**plain, "paths": {"home": "${oc.env:NO_SUCH_VARIABLE_ANYWHERE}"}})
+    assert config_hash(cfg) == config_hash(plain)
+
+
+def test_package_versions_and_git_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = package_versions()
+    assert {"advsuite", "torch", "torchvision", "foolbox", "timm", "python"} <= set(versions)
+    python = versions["python"]
+    assert versions["torch"] and python is not None and python.count(".") == 2
+    assert package_versions(["surely-not-an-installed-package"])["surely-not-an-installed-package"] is None
+    assert git_commit(tmp_path) is None  # not a repository
+    if shutil.which("git"):
+        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+            cwd=tmp_path,
+            check=True,
+        )
+        commit = git_commit(tmp_path)
+        assert commit is not None and len(commit) == 40
+    monkeypatch.setenv("PATH", "")  # git missing
+    assert git_commit(tmp_path) is None
+
+
+# -- the index --------------------------------------------------------------------------------
+
+
+def test_index_finished_and_filters(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    save(store, make_record(tmp_path, "a", config_hash="H1", created="2024-01-01T10:00:00+00:00"))
+    save(store, make_record(tmp_path, "b", config_hash="H1", created="2024-01-02T10:00:00+00:00"))
+    # a later run with the same hash that failed does not count as finished
+    save(store, make_record(tmp_path, "c", config_hash="H1", created="2024-01-03T10:00:00+00:00", status="failed"))
+    save(store, make_record(tmp_path, "d", names={"threat_model": "l2", "epsilon": 1.5}))
+    save(store, make_record(tmp_path, "e", names={"dataset": "cifar10"}))
+    assert store.path == tmp_path / "results.sqlite" and len(store) == 5
+
+    latest = store.finished("H1")
+    assert latest is not None and latest["run_id"] == "b"
+    assert latest["record_path"] == str((tmp_path / "runs/2024-01-01/b/record.json").resolve())
+    assert latest["dataset"] == "mnist5k" and latest["robust_accuracy"] == 0.5 and "record_json" not in latest
+    assert store.finished("nope") is None
+
+    # deleting the run directory makes the configuration "not finished" again (falls back to "a")
+    shutil.rmtree(tmp_path / "runs/2024-01-01/b")
+    latest = store.finished("H1")
+    assert latest is not None and latest["run_id"] == "a"
+
+    ids = lambda records: sorted(r["run_id"] for r in records)  # noqa: E731
+    assert ids(store.records()) == ["a", "b", "d", "e"]
+    assert ids(store.records(dataset="mnist5k")) == ["a", "b", "d"]
+    assert ids(store.records(dataset="mnist5k", threat_model="l2")) == ["d"]
+    assert ids(store.records(status="failed")) == ["c"]
+    assert ids(store.records(status=None)) == ["a", "b", "c", "d", "e"]
+    assert store.records(threat_model="l2")[0]["per_sample"]["index"] == [0, 1, 2, 3]  # the full record
+
+
+def test_index_upserts_by_run_id(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    save(store, make_record(tmp_path, "a", status="failed", error="boom"))
+    save(store, make_record(tmp_path, "a"))
+    assert len(store) == 1
+    assert store.records()[0]["status"] == "finished"
+
+
+def rows(store: ResultsStore) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(store.path) as conn:
+        return conn.execute(
+            "SELECT run_id, status, config_hash, dataset, attack, threat_model, epsilon, robust_accuracy, "
+            "record_path, record_json FROM runs ORDER BY run_id"
+        ).fetchall()
+
+
+def test_rebuild_reproduces_the_index_and_skips_corrupt_records(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    save(store, make_record(tmp_path, "a"))
+    save(store, make_record(tmp_path, "b", names={"attack": "qeba"}, metrics={"robust_accuracy": None}))
+    # sweeps write under multirun/, possibly several levels deep
+    record = make_record(tmp_path, "c", run_dir=str(tmp_path / "multirun/2024-01-01/12-00/3"))
+    save(store, record)
+    before = rows(store)
+
+    store.path.unlink()
+    corrupt = tmp_path / "runs/2024-01-02/broken"
+    corrupt.mkdir(parents=True)
+    (corrupt / "record.json").write_text('{"run_id": "x", "status": ')  # killed half-way, by a non-atomic tool
+    (tmp_path / "runs/2024-01-02/no_id").mkdir()
+    (tmp_path / "runs/2024-01-02/no_id/record.json").write_text("{}")
+
+    fresh = ResultsStore(tmp_path)
+    with pytest.warns(RuntimeWarning, match="skipping unreadable run record") as caught:
+        assert fresh.rebuild() == 3
+    assert len(caught) == 2
+    assert rows(fresh) == before
+    # rebuild replaces, it does not add: a second rebuild gives the same rows
+    with pytest.warns(RuntimeWarning):
+        assert fresh.rebuild(tmp_path / "runs") == 2
+    assert [r[0] for r in rows(fresh)] == ["a", "b"]
+
+
+def test_stale_index_version_is_rebuilt_from_records(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = ResultsStore(tmp_path)
+    save(store, make_record(tmp_path, "a"))
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("DELETE FROM runs")
+        conn.execute("PRAGMA user_version = 999")  # as if written by another advsuite version
+    assert [r["run_id"] for r in ResultsStore(tmp_path).records()] == ["a"]
+
+
+def test_concurrent_writers(tmp_path: Path) -> None:
+    """Parallel sweep jobs index at the same time; no write may be lost or fail on a lock."""
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            store = ResultsStore(tmp_path)  # each job has its own store, like separate processes
+            for i in range(10):
+                record = make_record(tmp_path, f"w{k}-{i}")
+                write_record(record["run_dir"], record)
+                store.index(record)
+                store.finished(record["config_hash"])
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(ResultsStore(tmp_path)) == 60
+
+
+def test_record_json_is_plain_json(tmp_path: Path) -> None:
+    path = write_record(tmp_path, {"run_id": "x", "value": 1.0})
+    assert json.loads(path.read_text()) == {"run_id": "x", "value": 1.0}
