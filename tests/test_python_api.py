@@ -1,0 +1,74 @@
+"""The Python API: the documented example runs, and bad models are named clearly."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import advsuite
+from advsuite.errors import ConfigError, ModelError
+from advsuite.results import ResultsStore
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
+
+
+def test_documented_example_runs_and_records(advsuite_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (code,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    record = namespace["record"]
+    assert isinstance(record, dict) and record["status"] == "finished"
+    assert record["names"]["model_source"].endswith("MyNet") and record["names"]["weights_hash"]
+    assert record["metrics"]["clean_accuracy"] > 0.85
+    assert record["metrics"]["robust_accuracy_by_eps"]["0.2"] < record["metrics"]["clean_accuracy"]
+    oracle = namespace["oracle"]
+    assert isinstance(oracle, advsuite.LabelOracle) and int(oracle.n_queries.max()) <= 300
+    rows = ResultsStore(advsuite_home).records(dataset="mnist5k")
+    assert any(r["run_id"] == record["run_id"] for r in rows)
+
+
+def test_wrap_model_checks_num_classes_and_output_shape() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    model = advsuite.wrap_model(net, input_shape=(3, 2, 2))
+    assert model.num_classes == 3
+    with pytest.raises(ModelError, match="returns 3 logits per image, but num_classes=10"):
+        advsuite.wrap_model(net, input_shape=(3, 2, 2), num_classes=10)
+    with pytest.raises(ModelError, match=r"got \(2, 3, 2, 2\)"):
+        advsuite.wrap_model(nn.Identity(), input_shape=(3, 2, 2))
+    with pytest.raises(ModelError, match=r"'Linear' raised RuntimeError on an input of shape \(2, 3, 2, 2\)"):
+        advsuite.wrap_model(nn.Linear(5, 2), input_shape=(3, 2, 2))
+
+
+def test_build_attack_by_name_or_class_and_unknown_options() -> None:
+    pgd = advsuite.build_attack("pgd", eps=[0.1], steps=3)
+    assert pgd.steps == 3 and pgd.eps == [0.1]
+    assert type(advsuite.build_attack(type(pgd), eps=0.2)) is type(pgd)
+    with pytest.raises(ConfigError, match=r"valid options: .*steps"):
+        advsuite.build_attack("pgd", stepz=3)
+    with pytest.raises(ConfigError, match=r"valid names: .*fgsm"):
+        advsuite.build_attack("no_such_attack")
+
+
+def test_exhausted_budget_is_a_recorded_failure_not_a_crash(tiny_model, test_batch) -> None:
+    # a model that answers class 0 everywhere: no adversarial exists for digits labelled 0
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.arange(10, 0, -1).float())
+    model = advsuite.wrap_model(constant, input_shape=(1, 28, 28), name="constant")
+    x = test_batch[0][:3]
+    y = torch.zeros(3, dtype=torch.long)
+    ev = advsuite.evaluate(model, advsuite.build_attack("fb_hsja", budget=7), x, y, verbose=False)
+    assert ev.per_sample["queries"] == [7, 7, 7]  # each image stopped at its budget ...
+    assert ev.per_sample["success"] == [False, False, False]  # ... and is recorded as a failure
+    assert ev.metrics["success_rate"] == 0.0
+    assert torch.equal(ev.x_adv, x)  # no verified adversarial point: the original is returned
+
+    x, y = test_batch
+    ev = advsuite.evaluate(tiny_model, advsuite.build_attack("fb_hsja", budget=5), x[:3], y[:3], verbose=False)
+    assert ev.per_sample["queries"] == [5, 5, 5]
+    assert ev.metrics["flips"] == 0  # whatever it claims was verified by the oracle
