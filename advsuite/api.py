@@ -133,7 +133,9 @@ def evaluate_and_record(
     model_name = model_name or model.name
     model.info.setdefault("model_source", model_name)
     model.info["weights_hash"] = model.info.get("weights_hash") or weights_hash(model.net)
-    attack_config = dataclasses.asdict(attack) if dataclasses.is_dataclass(attack) else {}  # type: ignore[arg-type]
+    attack_config: dict[str, Any] = {}
+    if dataclasses.is_dataclass(attack) and not isinstance(attack, type):
+        attack_config = dataclasses.asdict(attack)
     config = {
         "api": True,
         "dataset": {"name": dataset, "n": len(x), "data_hash": _tensor_hash(x, y)},

@@ -25,6 +25,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import foolbox as fb
@@ -91,12 +92,31 @@ def cifar_cnn() -> nn.Module:
     )
 
 
-def trained(
-    name: str, make: Callable[[], nn.Module], train: Data, epochs: int, **norm: tuple[float, ...]
-) -> Classifier:
+@dataclass(frozen=True)
+class Setup:
+    """One benchmarked model: data loader, architecture, training epochs, eps and normalisation."""
+
+    load: Callable[[Path, bool], Data]
+    make: Callable[[], nn.Module]
+    epochs: int
+    eps: float
+    check_eps: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+SETUPS = {
+    "mnist": Setup(load_mnist, mnist_cnn, 1, 0.3, 0.1, MNIST_MEAN, MNIST_STD),
+    "cifar": Setup(load_cifar, cifar_cnn, 2, 8 / 255, 1 / 255, CIFAR_MEAN, CIFAR_STD),
+}
+
+
+def trained(name: str, setup: Setup, train: Data) -> Classifier:
     """Train (or load from the bench cache) a classifier with Adam, batch 128, seed 0."""
     torch.manual_seed(0)
-    model = Classifier(make(), num_classes=10, input_shape=tuple(train[0].shape[1:]), name=name, **norm)
+    shape = tuple(train[0].shape[1:])
+    model = Classifier(setup.make(), num_classes=10, input_shape=shape, mean=setup.mean, std=setup.std, name=name)
+    epochs = setup.epochs
     path = advsuite_home() / "bench_cache" / f"{name}-{epochs}ep.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -224,10 +244,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    setups = {
-        "mnist": (load_mnist, mnist_cnn, 1, 0.3, 0.1, {"mean": MNIST_MEAN, "std": MNIST_STD}),
-        "cifar": (load_cifar, cifar_cnn, 2, 8 / 255, 1 / 255, {"mean": CIFAR_MEAN, "std": CIFAR_STD}),
-    }
     results: dict = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}",
@@ -240,13 +256,14 @@ def main() -> None:
         "models": {},
     }
     for key in args.models.split(","):
-        load, make, epochs, eps, check_eps, norm = setups[key]
+        setup = SETUPS[key]
+        eps = setup.eps
         print(f"{key}: loading data and model")
-        model = trained(f"bench-{key}-cnn", make, load(args.data, True), epochs, **norm)
-        x_test, y_test = load(args.data, False)
+        model = trained(f"bench-{key}-cnn", setup, setup.load(args.data, True))
+        x_test, y_test = setup.load(args.data, False)
         pick = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(0))[: args.n]
         print(f"{key}: {args.reps} interleaved repetitions, {args.n} images, {args.steps} steps, eps {eps:.4g}")
-        res = bench_model(model, x_test[pick], y_test[pick], eps, args.steps, args.reps, check_eps)
+        res = bench_model(model, x_test[pick], y_test[pick], eps, args.steps, args.reps, setup.check_eps)
         results["models"][key] = {"eps": eps, **res}
 
     print()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import foolbox as fb
 
 from ..whitebox.pgd import check_number
-from .decision import FoolboxDecisionAttack, check_int
+from .decision import FoolboxDecisionAttack, check_int, default_init_attack
 
 
 @dataclass
@@ -52,6 +52,7 @@ class FoolboxBoundary(FoolboxDecisionAttack):
 
     def foolbox_attack(self) -> fb.attacks.BoundaryAttack:
         return fb.attacks.BoundaryAttack(
+            init_attack=default_init_attack(),
             steps=self.steps,
             spherical_step=float(self.spherical_step),
             source_step=float(self.source_step),

@@ -14,12 +14,18 @@ from advsuite.attack import Attack, AttackResult, ThreatModel
 from advsuite.errors import ConfigError, InputError
 from advsuite.oracles import LabelOracle
 
+from ..whitebox.pgd import check_flags
 from .adapter import OracleAdapter, OracleSpent, seeded
 
 
 def check_int(owner: str, name: str, value: object, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ConfigError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
+
+
+def default_init_attack() -> fb.attacks.LinearSearchBlendedUniformNoiseAttack:
+    """foolbox's own fallback initialisation, passed explicitly (foolbox logs a message per call otherwise)."""
+    return fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)
 
 
 @dataclass
@@ -29,7 +35,8 @@ class FoolboxDecisionAttack(Attack):
     ``budget`` and ``max_batch`` are read by the pipeline to build the :class:`LabelOracle` (queries per
     image, rows per forward); the attack itself only sees the oracle. With ``per_image`` true, foolbox is
     called once per image; otherwise once for the whole batch (foolbox's lock-step batching: every
-    forward charges each image of the batch one query).
+    forward charges each image of the batch one query). Called directly, the oracle passed in decides
+    the budget. foolbox's global random generators are seeded from ``seed`` once per call.
     """
 
     threat_model: ClassVar[ThreatModel] = "label"
@@ -47,9 +54,7 @@ class FoolboxDecisionAttack(Attack):
         if self.budget is not None:
             check_int(owner, "budget", self.budget, 1)
         check_int(owner, "max_batch", self.max_batch, 1)
-        for name in ("per_image", "targeted", "verbose"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{owner}: {name} must be true or false, got {getattr(self, name)!r}")
+        check_flags(owner, self, "per_image", "targeted", "verbose")
 
     @abc.abstractmethod
     def foolbox_attack(self) -> fb.attacks.base.MinimizationAttack:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import foolbox as fb
 
 from ..whitebox.pgd import check_choice, check_number
-from .decision import FoolboxDecisionAttack, check_int
+from .decision import FoolboxDecisionAttack, check_int, default_init_attack
 
 CONSTRAINTS = ("l2", "linf")
 STEPSIZE_SEARCHES = ("geometric_progression", "grid_search")
@@ -58,6 +58,7 @@ class FoolboxHSJA(FoolboxDecisionAttack):
 
     def foolbox_attack(self) -> fb.attacks.HopSkipJumpAttack:
         return fb.attacks.HopSkipJumpAttack(
+            init_attack=default_init_attack(),
             steps=self.steps,
             initial_gradient_eval_steps=self.initial_gradient_eval_steps,
             max_gradient_eval_steps=self.max_gradient_eval_steps,

@@ -24,7 +24,7 @@ from advsuite.attack import Attack, AttackResult, ThreatModel
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 
-from ..whitebox.pgd import NORMS, as_epsilons, check_choice, check_number
+from ..whitebox.pgd import NORMS, as_epsilons, check_choice, check_flags, check_number
 from .adapter import seeded
 
 
@@ -55,6 +55,7 @@ class FoolboxPGD(Attack):
             raise ConfigError(f"{owner}: steps must be an integer >= 1, got {self.steps!r}")
         check_number(owner, "step_size", self.step_size)
         check_number(owner, "rel_stepsize", self.rel_stepsize)
+        check_flags(owner, self, "random_start", "targeted")
 
     @property
     def epsilons(self) -> list[float]:

@@ -21,7 +21,7 @@ import torch
 from advsuite.attack import Attack, AttackResult, ThreatModel
 from advsuite.models.classifier import Classifier
 
-from .pgd import LOSSES, NORMS, as_epsilons, ascent_direction, check, check_choice, objective
+from .pgd import LOSSES, NORMS, as_epsilons, ascent_direction, check, check_choice, check_flags, objective
 
 
 @dataclass
@@ -42,6 +42,7 @@ class FGSM(Attack):
         check_choice(owner, "loss", self.loss, LOSSES)
         epsilons = as_epsilons(owner, self.eps)
         self.eps = epsilons[0] if isinstance(self.eps, int | float) else sorted(epsilons)
+        check_flags(owner, self, "targeted")
 
     @property
     def epsilons(self) -> list[float]:

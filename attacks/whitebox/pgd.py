@@ -10,6 +10,10 @@ For each epsilon, PGD maximises the loss inside the ε-ball around ``x`` by iter
 
 with ``dir = sign`` for Linf and ``dir = g / ‖g‖₂`` for L2, and keeps the last iterate.
 
+``eps`` may be a list: the epsilons are sorted ascending and each is its own run (all starting from
+the same seed), so a multi-ε call returns what separate single-ε calls return; ``x_adv``/``success``
+are those of the largest ε.
+
 Defaults and where they differ from the paper:
 
 - ``steps=40`` with a random start, as in the paper's MNIST attack (their CIFAR attack used 7 steps).
@@ -61,6 +65,13 @@ def check_number(owner: str, name: str, value: float | None, *, low: float = 0.0
     ok = ok and (value > low if strict else value >= low)
     if not ok:
         raise ConfigError(f"{owner}: {name} must be a number {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def check_flags(owner: str, attack: object, *names: str) -> None:
+    """Raise :class:`ConfigError` unless each named attribute is a bool."""
+    for name in names:
+        if not isinstance(getattr(attack, name), bool):
+            raise ConfigError(f"{owner}: {name} must be true or false, got {getattr(attack, name)!r}")
 
 
 def as_epsilons(owner: str, eps: Any) -> list[float]:
@@ -175,6 +186,7 @@ class PGD(Attack):
             raise ConfigError(f"{owner}: restarts must be an integer >= 1, got {self.restarts!r}")
         check_number(owner, "step_size", self.step_size)
         check_number(owner, "rel_stepsize", self.rel_stepsize)
+        check_flags(owner, self, "random_start", "targeted")
         if self.restarts > 1 and not self.random_start:
             raise ConfigError(f"{owner}: restarts > 1 needs random_start=true (otherwise every restart is identical)")
 
