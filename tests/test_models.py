@@ -256,7 +256,7 @@ def test_hub_weights_from_the_local_hub_cache(tmp_path: Path, monkeypatch: pytes
     torch.manual_seed(7)
     imagenet_like = torchvision.models.resnet18(weights=None)  # stands in for the ImageNet weights
     torch.save(imagenet_like.state_dict(), cached)
-    data = fake_bundle((3, 128, 128), n=8, classes=5, name="fake128")
+    data = fake_bundle((3, 128, 128), n=4, classes=5, name="fake128")  # one training step
     spec = {**SPEC, "arch": "resnet18", "hub": True, "recipe_overrides": {"epochs": 1, "batch_size": 4, "lr": 1e-9}}
     model = load_model(spec, data, recipe={}, device="cpu", cache_dir=tmp_path / "zoo", verbose=False)
     assert model.info["source"] == "trained" and model.info["init"] == "hub"
