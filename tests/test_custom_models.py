@@ -143,3 +143,26 @@ def test_checkpoint_keys_must_match(trained_tiny, mnist, importable) -> None:
 def test_forward_errors_name_the_model_and_input_shape(mnist, importable) -> None:
     with pytest.raises(ModelError, match=r"raised RuntimeError in forward on input of shape \(2, 1, 28, 28\): kaboom"):
         load_model(spec(target="test_custom_models:Exploding", kwargs={}), mnist, device="cpu")
+
+
+def test_users_own_yaml_through_the_hydra_search_path(trained_tiny, advsuite_home: Path, tmp_path: Path) -> None:
+    _, checkpoint = trained_tiny
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_net.yaml").write_text(
+        "arch: custom\ntarget: test_custom_models:TinyNet\nkwargs: {width: 8}\n"
+        f"checkpoint: {checkpoint}\nmean: null\nstd: null\nhub: false\nrecipe_overrides: {{}}\n"
+    )
+    env = {**os.environ, "ADVSUITE_HOME": str(advsuite_home), "PYTHONPATH": str(HERE)}
+    args = [f"hydra.searchpath=[file://{tmp_path}]", "model=my_net", "attack=fgsm", "n_samples=10"]
+    run = subprocess.run(
+        [sys.executable, "-m", "advsuite", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = json.loads(Path(run.stdout.split("record: ")[-1].strip()).read_text())
+    assert record["names"]["model"] == "my_net"
+    assert record["names"]["model_source"] == "test_custom_models:TinyNet"

@@ -86,7 +86,13 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"the attack config builds {type(attack).__name__}, not an advsuite Attack")
         recorder.names = names()
         model = load_model(
-            cfg.model, data, recipe=cfg.train, device=device, seed=int(cfg.seed), verbose=bool(cfg.verbose)
+            cfg.model,
+            data,
+            recipe=cfg.train,  # `train.force` is for task=train; the zoo ignores it here
+            device=device,
+            cache_dir=home / "zoo",
+            seed=int(cfg.seed),
+            verbose=bool(cfg.verbose),
         )
         recorder.names = names()
         x, y = as_tensors(data.test, int(cfg.n_samples))
