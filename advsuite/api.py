@@ -7,6 +7,7 @@ Everything here is what the CLI does, without Hydra: the same attack names and o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,8 +168,6 @@ def evaluate_and_record(
 
 
 def _tensor_hash(*tensors: torch.Tensor) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for t in tensors:
         digest.update(t.detach().cpu().contiguous().numpy().tobytes())

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from advsuite.errors import ConfigError
-from advsuite.results.record import atomic_write_text
+from advsuite.results.record import atomic_write_text, finite_number
 
 FORMATS = ("md", "html", "csv")
 NOTE = (
@@ -127,11 +127,11 @@ def _entries(record: Mapping[str, Any]) -> list[tuple[float | None, _Entry]]:
     attack = str(names.get("attack"))
     at_eps: dict[float | None, float] = {}
     for eps_text, acc in (metrics.get("robust_accuracy_by_eps") or {}).items():
-        eps, value = _float(eps_text), _float(acc)
+        eps, value = finite_number(eps_text), finite_number(acc)
         if eps is not None and value is not None:
             at_eps[_eps_key(eps)] = value
-    eps = _float(names.get("epsilon"))
-    robust = _float(metrics.get("robust_accuracy"))
+    eps = finite_number(names.get("epsilon"))
+    robust = finite_number(metrics.get("robust_accuracy"))
     if robust is not None:
         at_eps[None if eps is None else _eps_key(eps)] = robust
     if not at_eps:  # a minimisation attack: one entry, at its epsilon (usually none)
@@ -147,10 +147,10 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
     latest = max(entries.values(), key=lambda e: e.order)
     queries: dict[str, float] = {}
     for attack, entry in sorted(entries.items()):
-        median = _float((entry.record.get("metrics") or {}).get("median_queries"))
+        median = _metric(entry.record, "median_queries")
         if median is not None and (entry.record.get("names") or {}).get("access") in ("score", "label"):
             queries[attack] = median
-    counts = [_float((e.record.get("metrics") or {}).get("n_examples")) for e in entries.values()]
+    counts = [_metric(e.record, "n_examples") for e in entries.values()]
     known = [n for n in counts if n is not None]
     return LeaderboardRow(
         rank=None,
@@ -159,12 +159,12 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
         dataset=dataset,
         threat_model=threat_model,
         epsilon=eps,
-        clean_accuracy=_float((latest.record.get("metrics") or {}).get("clean_accuracy")),
+        clean_accuracy=_metric(latest.record, "clean_accuracy"),
         worst_case=robust[worst_attack] if worst_attack is not None else None,
         worst_attack=worst_attack,
         robust_accuracy=robust,
-        success_rate={a: _float((e.record.get("metrics") or {}).get("success_rate")) for a, e in minimising.items()},
-        median_l2={a: _float((e.record.get("metrics") or {}).get("median_l2")) for a, e in minimising.items()},
+        success_rate={a: _metric(e.record, "success_rate") for a, e in minimising.items()},
+        median_l2={a: _metric(e.record, "median_l2") for a, e in minimising.items()},
         queries=queries,
         # the smallest sample behind any number in the row: the row is only as solid as that
         n_examples=int(min(known)) if known else None,
@@ -362,16 +362,10 @@ def _versions(record: Mapping[str, Any]) -> str:
     return " / ".join(parts)
 
 
+def _metric(record: Mapping[str, Any], key: str) -> float | None:
+    return finite_number((record.get("metrics") or {}).get(key))
+
+
 def _eps_key(eps: float) -> float:
     # "0.1" from a by-eps dict and 0.1 from the config must meet in one row
     return round(eps, 9)
-
-
-def _float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

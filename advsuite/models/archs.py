@@ -192,41 +192,30 @@ def _torchvision_resnet(
     return net, {"stem": chosen, "source": f"torchvision.models.{name}", "zero_init_residual": zero_init_residual}
 
 
-@register("resnet18", "torchvision ResNet-18 (He et al. 2016)", hub="torchvision:resnet18")
-def resnet18(
-    *,
-    in_chans: int,
-    num_classes: int,
-    image_size: tuple[int, int],
-    stem: str = "auto",
-    zero_init_residual: bool = True,
-) -> BuildResult:
-    return _torchvision_resnet(
-        "resnet18",
-        in_chans=in_chans,
-        num_classes=num_classes,
-        image_size=image_size,
-        stem=stem,
-        zero_init_residual=zero_init_residual,
-    )
+def _resnet_builder(name: str) -> Callable[..., BuildResult]:
+    def build(
+        *,
+        in_chans: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+        stem: str = "auto",
+        zero_init_residual: bool = True,
+    ) -> BuildResult:
+        return _torchvision_resnet(
+            name,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            image_size=image_size,
+            stem=stem,
+            zero_init_residual=zero_init_residual,
+        )
+
+    return build
 
 
-@register("resnet50", "torchvision ResNet-50 (He et al. 2016)", hub="torchvision:resnet50")
-def resnet50(
-    *,
-    in_chans: int,
-    num_classes: int,
-    image_size: tuple[int, int],
-    stem: str = "auto",
-    zero_init_residual: bool = True,
-) -> BuildResult:
-    return _torchvision_resnet(
-        "resnet50",
-        in_chans=in_chans,
-        num_classes=num_classes,
-        image_size=image_size,
-        stem=stem,
-        zero_init_residual=zero_init_residual,
+for _depth in ("resnet18", "resnet50"):
+    register(_depth, f"torchvision ResNet-{_depth[6:]} (He et al. 2016)", hub=f"torchvision:{_depth}")(
+        _resnet_builder(_depth)
     )
 
 

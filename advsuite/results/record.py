@@ -170,3 +170,14 @@ def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
         return None
     commit = out.stdout.strip()
     return commit if out.returncode == 0 and commit else None
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, bool, non-numeric, NaN or inf)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -10,7 +10,6 @@ never block writers.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from advsuite.paths import advsuite_home
-from advsuite.results.record import RECORD_NAME, read_record, to_jsonable
+from advsuite.results.record import RECORD_NAME, finite_number, read_record, to_jsonable
 
 INDEX_NAME = "results.sqlite"
 #: bump when the table changes; an index with another version is re-created from the records
@@ -265,7 +264,7 @@ def _row(record: Mapping[str, Any], path: str | os.PathLike[str] | None) -> dict
         "error": _text(record.get("error")),
         "created": _text(created),
         "created_ts": _timestamp(created),
-        "duration_s": _number(record.get("duration_s")),
+        "duration_s": finite_number(record.get("duration_s")),
         "config_hash": _text(record.get("config_hash")),
         "seed": _integer(record.get("seed")),
         "record_path": str(record_path),
@@ -273,9 +272,9 @@ def _row(record: Mapping[str, Any], path: str | os.PathLike[str] | None) -> dict
         "record_json": json.dumps(to_jsonable(record), allow_nan=False, ensure_ascii=False),
     }
     for name, kind in _NAME_COLUMNS:
-        row[name] = _number(names.get(name)) if kind == "REAL" else _text(names.get(name))
+        row[name] = finite_number(names.get(name)) if kind == "REAL" else _text(names.get(name))
     for name, kind in _METRIC_COLUMNS:
-        row[name] = _integer(metrics.get(name)) if kind == "INTEGER" else _number(metrics.get(name))
+        row[name] = _integer(metrics.get(name)) if kind == "INTEGER" else finite_number(metrics.get(name))
     return row
 
 
@@ -283,18 +282,8 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _integer(value: Any) -> int | None:
-    number = _number(value)
+    number = finite_number(value)
     return None if number is None else int(number)
 
 
