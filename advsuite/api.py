@@ -121,11 +121,15 @@ def evaluate_and_record(
     home: str | Path | None = None,
     batch_size: int = 256,
     verbose: bool = False,
+    budgets: Sequence[int] = (1000, 2000, 5000, 10000),
+    mse_threshold: float | None = 1e-3,
+    l2_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``attack`` on ``(x, y)`` and record the run in the results store; returns the record.
 
     The record is the one the CLI writes (``task=leaderboard`` lists it). Its model column is the
-    model's source (import path) and a hash of its weights.
+    model's source (import path) and a hash of its weights. ``budgets`` and the thresholds set the
+    query-efficiency metrics of query attacks (see :func:`advsuite.evaluation.evaluate`).
     """
     if isinstance(attack, str):
         attack_name = attack_name or attack
@@ -136,7 +140,7 @@ def evaluate_and_record(
     model.info["weights_hash"] = model.info.get("weights_hash") or weights_hash(model.net)
     attack_config: dict[str, Any] = {}
     if dataclasses.is_dataclass(attack) and not isinstance(attack, type):
-        attack_config = dataclasses.asdict(attack)
+        attack_config = {f.name: _jsonable(getattr(attack, f.name)) for f in dataclasses.fields(attack)}
     config = {
         "api": True,
         "dataset": {"name": dataset, "n": len(x), "data_hash": _tensor_hash(x, y)},
@@ -160,11 +164,22 @@ def evaluate_and_record(
             starting_points=starting_points,
             batch_size=batch_size,
             verbose=verbose,
+            budgets=budgets,
+            mse_threshold=mse_threshold,
+            l2_threshold=l2_threshold,
         )
         recorder.finish(ev, write_artifacts(recorder.run_dir, ev, attack_name))
         if verbose:
             print(format_summary(recorder.names, ev.metrics))
     return recorder.record
+
+
+def _jsonable(value: Any) -> Any:
+    """An attack field as the record stores it: a loaded module (e.g. a learned prior) by its description."""
+    if isinstance(value, torch.nn.Module):
+        config = getattr(value, "config", None)
+        return {"module": type(value).__name__, "config": config() if callable(config) else None}
+    return value
 
 
 def _tensor_hash(*tensors: torch.Tensor) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -13,6 +14,23 @@ from advsuite.oracles import LabelOracle, ScoreOracle
 
 ThreatModel = Literal["whitebox", "score", "label"]
 Target = Classifier | LabelOracle | ScoreOracle
+
+
+@dataclass
+class PrepareContext:
+    """What a run knows besides the target, for attacks that need artifacts first (e.g. learned priors).
+
+    ``victim_arch`` is the attacked model's architecture name (or None when unknown); attacks whose
+    artifacts come from surrogate models use it to refuse a surrogate of the victim's architecture.
+    ``data`` is the run's :class:`advsuite.data.DataBundle` (typed loosely to keep this module light).
+    """
+
+    data: Any
+    device: torch.device
+    cache_dir: Path
+    seed: int = 0
+    verbose: bool = True
+    victim_arch: str | None = None
 
 
 def distances(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,6 +136,9 @@ class Attack(abc.ABC):
             with target.evaluating():
                 return self.run(target, x, y, targets=targets, starting_points=starting_points)
         return self.run(target, x, y, targets=targets, starting_points=starting_points)
+
+    def prepare(self, context: PrepareContext) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Build or load what the attack needs before it runs (called once by ``task=evaluate``)."""
 
     @abc.abstractmethod
     def run(

@@ -6,6 +6,7 @@ This is the part of ``task=evaluate`` that needs no config: the Python API calls
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +14,28 @@ import torch
 from tqdm.auto import tqdm
 
 from advsuite.attack import Attack, AttackResult, distances
+from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle, ScoreOracle, is_adversarial
+from advsuite.plots import distance_at_queries, quantiles_with_inf
+from advsuite.results.record import finite_number
 
 # a fixed-epsilon result counts only if its perturbation is inside the ball (float slack)
 EPS_TOLERANCE = 1e-5
+#: query budgets at which query attacks are summarised (the QEBA/HSJA papers' 1k/2k/5k/10k)
+DEFAULT_BUDGETS: tuple[int, ...] = (1000, 2000, 5000, 10000)
+#: per-pixel MSE under which an adversarial counts as a success in ``success_rate_at``
+DEFAULT_MSE_THRESHOLD = 1e-3
+#: the keys :func:`query_metrics` adds to the metrics (all ``None`` for attacks without traces)
+QUERY_METRIC_KEYS = (
+    "query_reach",
+    "median_mse_at",
+    "geomean_mse_at",
+    "median_l2_at",
+    "n_found_at",
+    "success_rate_at",
+    "success_rate_l2_at",
+)
 
 
 @dataclass
@@ -25,7 +43,8 @@ class Evaluation:
     """Per-sample outcomes (over all ``n`` images) and summary metrics of one attack run."""
 
     metrics: dict[str, Any]
-    per_sample: dict[str, list[Any] | None]
+    #: lists over all ``n`` images; ``mse_at``/``l2_at`` are {budget: list or None} (query attacks)
+    per_sample: dict[str, Any]
     x: torch.Tensor
     x_adv: torch.Tensor
     attacked: torch.Tensor
@@ -33,6 +52,8 @@ class Evaluation:
     epsilons: list[float] | None = None
     robust_by_eps: list[float] | None = None
     oracle_stats: dict[str, float] = field(default_factory=dict)
+    #: whether the attack returned traces (``traces`` holds one per attacked image, in order)
+    traced: bool = False
 
 
 def _median(values: torch.Tensor) -> float | None:
@@ -46,6 +67,92 @@ def _mean(values: torch.Tensor) -> float | None:
 def _inside_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     d = distances(x, x_adv)["linf" if norm == "linf" else "l2"]
     return d <= eps + EPS_TOLERANCE
+
+
+def check_budgets(budgets: Sequence[int | float]) -> list[int]:
+    """Sorted, de-duplicated positive integer query budgets; a clear error otherwise."""
+    out: set[int] = set()
+    for b in budgets:
+        if isinstance(b, bool) or not isinstance(b, int | float) or not math.isfinite(b) or b <= 0 or b != int(b):
+            raise ConfigError(f"query budgets must be positive whole numbers of queries, got {list(budgets)!r}")
+        out.add(int(b))
+    return sorted(out)
+
+
+def query_metrics(
+    traces: Sequence[torch.Tensor],
+    n_dims: int,
+    *,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    mse_threshold: float | None = DEFAULT_MSE_THRESHOLD,
+    l2_threshold: float | None = None,
+    reach: float | None = None,
+) -> tuple[dict[str, Any], dict[str, dict[str, list[float | None] | None]]]:
+    """Budget metrics from the traces of the attacked images: ``(metrics, per_sample)``.
+
+    ``traces`` holds one (T, 2) trace of (queries, L2) per attacked image; an empty trace is an
+    image the attack never made adversarial. At budget ``b`` an image's distance is that of the
+    best adversarial found within ``b`` queries, the trace read as a step function
+    (:func:`advsuite.plots.distance_at_queries`), and ``inf`` if it has none yet. MSE is
+    ``l2**2 / n_dims`` (per-pixel MSE, the papers' distortion; ``n_dims`` = C·H·W).
+
+    Per budget (string keys, as JSON has them): ``median_mse_at`` and ``median_l2_at``, the
+    median over attacked images with ``inf`` sorting last (interpolated between the two middle
+    images; so it is undefined, ``None``, when an ``inf`` takes part: in practice, when about half
+    the images or more have no adversarial yet); ``geomean_mse_at``, the geometric mean over the
+    images that have an adversarial (``None`` if none has), to be read with ``n_found_at``, the
+    number of them; ``success_rate_at``, the fraction of attacked images with MSE ≤
+    ``mse_threshold``, and ``success_rate_l2_at`` with L2 ≤ ``l2_threshold`` (whole key ``None``
+    when that threshold is ``None``). Budgets above ``reach`` (how far the run could go; by
+    default the largest query count in any trace) are not measured: every value there is ``None``.
+
+    ``per_sample`` holds ``mse_at`` and ``l2_at``: per budget, one value per attacked image
+    (``None`` for no adversarial yet), or ``None`` beyond ``reach``.
+    """
+    budgets = check_budgets(budgets)
+    if n_dims <= 0:
+        raise ConfigError(f"n_dims must be the number of values in one image (C*H*W), got {n_dims}")
+    if reach is None:
+        reach = max((float(t[:, 0].max()) for t in traces if len(t)), default=0.0)
+    grid = torch.tensor(budgets, dtype=torch.float64)
+    l2 = torch.stack([distance_at_queries(t, grid) for t in traces]) if len(traces) else torch.zeros(0, len(budgets))
+    l2 = l2.to(torch.float64)
+    mse = l2.pow(2) / n_dims
+    metrics: dict[str, Any] = {"query_reach": finite_number(reach)}
+    per_sample: dict[str, dict[str, list[float | None] | None]] = {"mse_at": {}, "l2_at": {}}
+    for name in QUERY_METRIC_KEYS[1:]:
+        metrics[name] = {}
+    n = len(traces)
+    for j, b in enumerate(budgets):
+        key = str(b)
+        if b > reach:
+            for name in QUERY_METRIC_KEYS[1:]:
+                metrics[name][key] = None
+            per_sample["mse_at"][key] = per_sample["l2_at"][key] = None
+            continue
+        col_mse, col_l2 = mse[:, j], l2[:, j]
+        found = torch.isfinite(col_mse)
+        metrics["median_mse_at"][key] = _finite_median(col_mse)
+        metrics["median_l2_at"][key] = _finite_median(col_l2)
+        metrics["geomean_mse_at"][key] = float(col_mse[found].log().mean().exp()) if found.any() else None
+        metrics["n_found_at"][key] = int(found.sum())
+        metrics["success_rate_at"][key] = (
+            float((col_mse <= mse_threshold).double().mean()) if n and mse_threshold is not None else None
+        )
+        metrics["success_rate_l2_at"][key] = (
+            float((col_l2 <= l2_threshold).double().mean()) if n and l2_threshold is not None else None
+        )
+        per_sample["mse_at"][key] = [finite_number(v) for v in col_mse.tolist()]
+        per_sample["l2_at"][key] = [finite_number(v) for v in col_l2.tolist()]
+    if mse_threshold is None:
+        metrics["success_rate_at"] = None
+    if l2_threshold is None:
+        metrics["success_rate_l2_at"] = None
+    return metrics, per_sample
+
+
+def _finite_median(values: torch.Tensor) -> float | None:
+    return finite_number(float(quantiles_with_inf(values, (0.5,))[0, 0])) if len(values) else None
 
 
 def _attack_batch(
@@ -81,6 +188,9 @@ def evaluate(
     starting_points: torch.Tensor | None = None,
     batch_size: int = 256,
     verbose: bool = True,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    mse_threshold: float | None = DEFAULT_MSE_THRESHOLD,
+    l2_threshold: float | None = None,
 ) -> Evaluation:
     """Attack the images the model classifies correctly and re-check every claimed success.
 
@@ -88,7 +198,18 @@ def evaluate(
     Success is recomputed with a fresh forward pass of ``model``; ``flips`` counts samples the
     attack claimed that the re-check rejects (decision-based attacks end within ~1e-6 of the
     boundary, so this is reported rather than hidden).
+
+    For attacks that return traces, the metrics also hold the distortion within each query
+    budget in ``budgets`` and the success rates at ``mse_threshold`` / ``l2_threshold``
+    (:func:`query_metrics`). A budget counts as reached when the attack's own budget
+    (``attack.budget``) or the most queries spent on any image is at least that large; the values
+    at larger budgets are ``None``. These come from the attack's traces, i.e. its own bookkeeping
+    of the best adversarial so far, not from the re-check (compare ``flips``).
     """
+    budgets = check_budgets(budgets)
+    for name, value in (("mse_threshold", mse_threshold), ("l2_threshold", l2_threshold)):
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a non-negative number or None, got {value!r}")
     x, y = x.cpu(), y.cpu()
     targets = None if targets is None else targets.cpu()
     starting_points = None if starting_points is None else starting_points.cpu()
@@ -107,6 +228,7 @@ def evaluate(
     epsilons: list[float] | None = None
     adv_by_eps: list[torch.Tensor] = []
     oracle_stats = {"calls": 0.0, "rows": 0.0, "forward_seconds": 0.0}
+    traced = False
     chunks = idx.split(batch_size)
     for chunk in tqdm(chunks, desc=type(attack).__name__, disable=not verbose or len(chunks) < 2):
         result, q, stats = _attack_batch(
@@ -123,6 +245,7 @@ def evaluate(
         for key, value in stats.items():
             oracle_stats[key] += value
         if result.trace is not None:
+            traced = True
             for i, trace in zip(chunk.tolist(), result.trace, strict=True):
                 traces[i] = trace.cpu()
         if result.epsilons is not None and result.x_adv_by_eps is not None:
@@ -173,7 +296,26 @@ def evaluate(
     }
     if oracle_stats["calls"]:
         metrics["rows_per_call"] = oracle_stats["rows"] / oracle_stats["calls"]
-    per_sample: dict[str, list[Any] | None] = {
+    attacked_traces = [traces[i] for i in idx.tolist()]
+    metrics.update(query_budgets=budgets, mse_threshold=mse_threshold, l2_threshold=l2_threshold)
+    metrics.update(dict.fromkeys(QUERY_METRIC_KEYS))
+    by_budget: dict[str, Any] = {"mse_at": None, "l2_at": None}
+    if traced:
+        spent = [float(queries[attacked].max())] if attacked.any() else []
+        spent += [float(t[:, 0].max()) for t in attacked_traces if len(t)]
+        declared = finite_number(getattr(attack, "budget", None))
+        reach = max([*spent, declared or 0.0], default=0.0)
+        at, per_budget = query_metrics(
+            attacked_traces,
+            math.prod(x.shape[1:]),
+            budgets=budgets,
+            mse_threshold=mse_threshold,
+            l2_threshold=l2_threshold,
+            reach=reach,
+        )
+        metrics.update(at)
+        by_budget = {name: _spread(values, idx, n) for name, values in per_budget.items()}
+    per_sample: dict[str, Any] = {
         "label": y.tolist(),
         "target": None if targets is None else targets.tolist(),
         "clean_correct": clean_correct.tolist(),
@@ -184,6 +326,7 @@ def evaluate(
         "l2": dist["l2"].tolist(),
         "linf": dist["linf"].tolist(),
         "mse": dist["mse"].tolist(),
+        **by_budget,
     }
     return Evaluation(
         metrics=metrics,
@@ -191,8 +334,25 @@ def evaluate(
         x=x,
         x_adv=x_adv,
         attacked=attacked,
-        traces=[traces[i] for i in idx.tolist()],
+        traces=attacked_traces,
         epsilons=epsilons,
         robust_by_eps=robust_by_eps,
         oracle_stats=oracle_stats,
+        traced=traced,
     )
+
+
+def _spread(
+    by_budget: dict[str, list[float | None] | None], idx: torch.Tensor, n: int
+) -> dict[str, list[float | None] | None]:
+    """Per-budget lists over the attacked images, spread over all ``n`` (``None`` where not attacked)."""
+    out: dict[str, list[float | None] | None] = {}
+    for key, values in by_budget.items():
+        if values is None:
+            out[key] = None
+            continue
+        full: list[float | None] = [None] * n
+        for i, v in zip(idx.tolist(), values, strict=True):
+            full[i] = v
+        out[key] = full
+    return out

@@ -15,6 +15,12 @@ Rules (also in docs/results.md):
   because a success rate at unbounded distance says nothing about robustness at epsilon.
 - The worst case is the minimum of the per-attack accuracies. It is an upper bound on the
   per-sample ensemble accuracy (a sample counts as robust only if every attack fails on it).
+
+A second table, *query efficiency*, lists minimisation attacks whose records hold budget metrics
+(``metrics.median_mse_at``, written for attacks that return traces): one row per (dataset, model,
+defense, attack, targeted, norm), latest record wins, with median MSE and L2 and the success rate
+at the record's MSE threshold after each query budget. :func:`write_query_plots` draws, per
+(dataset, model, defense, targeted), one distortion-vs-queries figure with every attack's curve.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import html
 import io
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +47,13 @@ NOTE = (
     "first, within each (dataset, threat model, epsilon). Minimisation attacks without a robust accuracy at "
     "epsilon are shown by success rate and median L2 and left out of the worst case. Queries = median queries "
     "of black-box attacks."
+)
+QUERY_TITLE = "Query efficiency (decision-based attacks)"
+QUERY_NOTE = (
+    "Median per-pixel MSE (L2²/(C·H·W)) and L2 of the best adversarial found within each query budget, over the "
+    "attacked images (an image with no adversarial yet counts as infinitely far; a median that depends on one is "
+    "shown as –), and the success rate: the fraction of attacked images with MSE ≤ the threshold within the budget. "
+    "– at a budget the run did not reach. Lower distortion and higher success are better."
 )
 _MISSING = "–"
 
@@ -201,6 +216,114 @@ def _rank(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
     return rows
 
 
+class QueryRow(TypedDict):
+    """One minimisation attack's budget metrics; the per-budget dicts are keyed by budget (text)."""
+
+    dataset: str
+    model: str
+    defense: str
+    attack: str
+    targeted: bool
+    norm: str
+    n_attacked: int | None
+    mse_threshold: float | None
+    l2_threshold: float | None
+    median_mse_at: dict[str, float | None]
+    geomean_mse_at: dict[str, float | None]
+    median_l2_at: dict[str, float | None]
+    n_found_at: dict[str, int | None]
+    success_rate_at: dict[str, float | None]
+    success_rate_l2_at: dict[str, float | None]
+    date: str | None
+    run_id: str
+    traces: str | None
+
+
+def build_query_table(
+    records: Iterable[Mapping[str, Any]],
+    dataset: str | None = None,
+    threat_model: str | None = None,
+) -> list[QueryRow]:
+    """The query-efficiency rows: finished evaluate records of minimisation attacks with budget metrics.
+
+    One row per (dataset, model, defense, attack, targeted, norm); the latest record wins. Sorted by
+    dataset, model, defense, targeted, norm, then attack. Records without ``metrics.median_mse_at``
+    (white-box and fixed-epsilon attacks, and runs recorded before these metrics existed) are skipped.
+    """
+    latest: dict[tuple[str, str, str, bool, str, str], _Entry] = {}
+    for record in records:
+        names = record.get("names") or {}
+        metrics = record.get("metrics") or {}
+        if record.get("status") != "finished" or names.get("task", "evaluate") != "evaluate":
+            continue
+        if dataset is not None and names.get("dataset") != dataset:
+            continue
+        if threat_model is not None and names.get("threat_model") != threat_model:
+            continue
+        if not isinstance(metrics.get("median_mse_at"), Mapping) or finite_number(metrics.get("robust_accuracy")):
+            continue
+        key = (
+            str(names.get("dataset")),
+            _model_key(names),
+            str(names.get("defense") or "none"),
+            _targeted(record),
+            str(names.get("threat_model")),
+            str(names.get("attack")),
+        )
+        entry = _Entry(key[-1], None, record)
+        previous = latest.get(key)
+        if previous is None or entry.order >= previous.order:
+            latest[key] = entry
+    rows = [_query_row(key, entry) for key, entry in latest.items()]
+    return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["defense"], r["targeted"], r["norm"], r["attack"]))
+
+
+def _query_row(key: tuple[str, str, str, bool, str, str], entry: _Entry) -> QueryRow:
+    dataset, model, defense, targeted, norm, attack = key
+    record = entry.record
+    metrics = record.get("metrics") or {}
+
+    def per_budget(name: str) -> dict[str, float | None]:
+        values = metrics.get(name)
+        if not isinstance(values, Mapping):
+            return {}
+        return {str(b): finite_number(v) for b, v in values.items()}
+
+    artifacts = record.get("artifacts") or {}
+    traces = None
+    if artifacts.get("traces") and record.get("run_dir"):
+        traces = str(Path(str(record["run_dir"])) / str(artifacts["traces"]))
+    n_attacked = _metric(record, "n_attacked")
+    return QueryRow(
+        dataset=dataset,
+        model=model,
+        defense=defense,
+        attack=attack,
+        targeted=targeted,
+        norm=norm,
+        n_attacked=None if n_attacked is None else int(n_attacked),
+        mse_threshold=_metric(record, "mse_threshold"),
+        l2_threshold=_metric(record, "l2_threshold"),
+        median_mse_at=per_budget("median_mse_at"),
+        geomean_mse_at=per_budget("geomean_mse_at"),
+        median_l2_at=per_budget("median_l2_at"),
+        n_found_at={b: None if v is None else int(v) for b, v in per_budget("n_found_at").items()},
+        success_rate_at=per_budget("success_rate_at"),
+        success_rate_l2_at=per_budget("success_rate_l2_at"),
+        date=entry.created[:10] or None,
+        run_id=str(record.get("run_id")),
+        traces=traces,
+    )
+
+
+def _targeted(record: Mapping[str, Any]) -> bool:
+    """Whether the run was targeted: ``names.targeted``, else the config's ``attack.targeted`` (default no)."""
+    value = (record.get("names") or {}).get("targeted")
+    if value is None:
+        value = ((record.get("config") or {}).get("attack") or {}).get("targeted")
+    return bool(value)
+
+
 # -- rendering ---------------------------------------------------------------------------------
 
 
@@ -208,8 +331,8 @@ def _rank(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
 class _Column:
     key: str  # CSV header
     title: str  # Markdown/HTML header
-    get: Callable[[LeaderboardRow], Any]
-    kind: str  # how to format: acc, eps, dist, count, queries, text
+    get: Callable[[Any], Any]  # row -> value (a LeaderboardRow or a QueryRow)
+    kind: str  # how to format: acc, eps, dist, count, queries, yesno, text
     numeric: bool = True
 
 
@@ -242,8 +365,52 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
     return cols
 
 
-def _getter(field: str, attack: str) -> Callable[[LeaderboardRow], Any]:
-    return lambda row: row[field].get(attack)  # type: ignore[literal-required]
+def _getter(field: str, attack: str) -> Callable[[Any], Any]:
+    return lambda row: row[field].get(attack)
+
+
+def query_budgets(rows: Sequence[QueryRow]) -> list[str]:
+    """The budgets (as text keys) found in ``rows``, in increasing order."""
+    keys = {b for row in rows for b in row["median_mse_at"]}
+    return sorted(keys, key=lambda b: (finite_number(b) is None, finite_number(b) or 0.0, b))
+
+
+def query_columns(rows: Sequence[QueryRow], *, full: bool = False) -> list[_Column]:
+    """Columns of the query table; ``full`` (the CSV) adds geometric means, counts and the run id."""
+    budgets = query_budgets(rows)
+    with_l2 = any(v is not None for row in rows for v in row["success_rate_l2_at"].values())
+    cols = [
+        _Column("dataset", "Dataset", lambda r: r["dataset"], "text", False),
+        _Column("model", "Model", lambda r: r["model"], "text", False),
+        _Column("defense", "Defense", lambda r: r["defense"], "text", False),
+        _Column("attack", "Attack", lambda r: r["attack"], "text", False),
+        _Column("targeted", "Targeted", lambda r: r["targeted"], "yesno", False),
+        _Column("norm", "Norm", lambda r: r["norm"], "text", False),
+        _Column("n_attacked", "n", lambda r: r["n_attacked"], "count"),
+        _Column("mse_threshold", "MSE thr.", lambda r: r["mse_threshold"], "dist"),
+    ]
+    if with_l2:
+        cols.append(_Column("l2_threshold", "L2 thr.", lambda r: r["l2_threshold"], "dist"))
+    blocks = [("median_mse_at", "median MSE", "dist"), ("median_l2_at", "median L2", "dist")]
+    if full:
+        blocks += [("geomean_mse_at", "geomean MSE", "dist"), ("n_found_at", "found", "count")]
+    blocks.append(("success_rate_at", "success", "acc"))
+    if with_l2:
+        blocks.append(("success_rate_l2_at", "success L2", "acc"))
+    for field, title, kind in blocks:
+        for b in budgets:
+            cols.append(_Column(f"{field}:{b}", f"{title} @{_budget_label(b)}", _getter(field, b), kind))
+    cols.append(_Column("date", "Date", lambda r: r["date"], "text", False))
+    if full:
+        cols.append(_Column("run_id", "Run", lambda r: r["run_id"], "text", False))
+    return cols
+
+
+def _budget_label(budget: str) -> str:
+    value = finite_number(budget)
+    if value is None:
+        return budget
+    return f"{value / 1000:g}k" if value >= 1000 else f"{value:g}"
 
 
 def _format(value: Any, kind: str) -> str:
@@ -256,6 +423,10 @@ def _format(value: Any, kind: str) -> str:
         return f"{value:.6g}"
     if kind == "dist":
         return f"{value:.4g}"
+    if kind == "yesno":
+        return "yes" if value else "no"
+    if kind == "count":
+        return f"{value:g}" if isinstance(value, float) else str(value)
     if kind == "queries":
         return ", ".join(f"{a}: {q:.6g}" for a, q in value.items())
     return str(value)
@@ -272,7 +443,15 @@ def _raw(value: Any, kind: str) -> str:
 
 def render_markdown(rows: Sequence[LeaderboardRow]) -> str:
     """A GitHub-flavoured Markdown table (numbers right-aligned)."""
-    cols = columns(rows)
+    return _markdown_table(columns(rows), rows)
+
+
+def render_query_markdown(rows: Sequence[QueryRow]) -> str:
+    """The query-efficiency table in Markdown."""
+    return _markdown_table(query_columns(rows), rows)
+
+
+def _markdown_table(cols: Sequence[_Column], rows: Sequence[Any]) -> str:
     lines = [
         "| " + " | ".join(_md_escape(c.title) for c in cols) + " |",
         "|" + "|".join("---:" if c.numeric else "---" for c in cols) + "|",
@@ -287,16 +466,17 @@ def _md_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def render_html(rows: Sequence[LeaderboardRow], title: str = "advsuite leaderboard") -> str:
-    """A standalone HTML page holding the table; every value is escaped."""
-    cols = columns(rows)
-    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in cols)
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="{"num" if c.numeric else "txt"}">{html.escape(_format(c.get(row), c.kind))}</td>' for c in cols
+def render_html(
+    rows: Sequence[LeaderboardRow], title: str = "advsuite leaderboard", query_rows: Sequence[QueryRow] = ()
+) -> str:
+    """A standalone HTML page holding the table (and the query table when ``query_rows``); escaped."""
+    query = ""
+    if query_rows:
+        query = (
+            f"<h2>{html.escape(QUERY_TITLE)}</h2>\n"
+            + _html_table(query_columns(query_rows), query_rows)
+            + f"<p>{html.escape(QUERY_NOTE)}</p>\n"
         )
-        body.append(f"<tr>{cells}</tr>")
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -308,16 +488,34 @@ def render_html(rows: Sequence[LeaderboardRow], title: str = "advsuite leaderboa
         "th { background: #f3f3f3; }\n"
         "td.num { text-align: right; font-variant-numeric: tabular-nums; }\n"
         "</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n"
-        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n"
-        f"<p>{html.escape(NOTE)}</p>\n"
+        f"<h1>{html.escape(title)}</h1>\n" + _html_table(columns(rows), rows) + f"<p>{html.escape(NOTE)}</p>\n"
+        f"{query}"
         "</body>\n</html>\n"
     )
 
 
+def _html_table(cols: Sequence[_Column], rows: Sequence[Any]) -> str:
+    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in cols)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="{"num" if c.numeric else "txt"}">{html.escape(_format(c.get(row), c.kind))}</td>' for c in cols
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n"
+
+
 def render_csv(rows: Sequence[LeaderboardRow]) -> str:
     """CSV with machine-friendly headers and raw values (accuracies as fractions)."""
-    cols = columns(rows)
+    return _csv_table(columns(rows), rows)
+
+
+def render_query_csv(rows: Sequence[QueryRow]) -> str:
+    """The query table as CSV (``<field>:<budget>`` headers, fractions, full precision, empty = missing)."""
+    return _csv_table(query_columns(rows, full=True), rows)
+
+
+def _csv_table(cols: Sequence[_Column], rows: Sequence[Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([c.key for c in cols])
@@ -331,19 +529,99 @@ def write_leaderboard(
     out_dir: str | os.PathLike[str],
     formats: Iterable[str] = FORMATS,
     stem: str = "leaderboard",
+    query_rows: Sequence[QueryRow] = (),
 ) -> dict[str, Path]:
-    """Write ``<out_dir>/<stem>.<fmt>`` for each format (atomically); returns ``{fmt: path}``."""
+    """Write ``<out_dir>/<stem>.<fmt>`` for each format (atomically); returns ``{fmt: path}``.
+
+    With ``query_rows``, the Markdown and HTML files get the query-efficiency table below the main
+    one, and the CSV format writes it to ``<stem>_queries.csv`` too (key ``csv_queries``).
+    """
     formats = list(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigError(f"unknown leaderboard format(s) {unknown}; valid formats: {', '.join(FORMATS)}")
+
+    def markdown() -> str:
+        text = render_markdown(rows) + "\n" + NOTE + "\n"
+        if query_rows:
+            text += f"\n## {QUERY_TITLE}\n\n" + render_query_markdown(query_rows) + "\n" + QUERY_NOTE + "\n"
+        return text
+
     renderers: dict[str, Callable[[], str]] = {
-        "md": lambda: render_markdown(rows) + "\n" + NOTE + "\n",
-        "html": lambda: render_html(rows),
+        "md": markdown,
+        "html": lambda: render_html(rows, query_rows=query_rows),
         "csv": lambda: render_csv(rows),
     }
     out = Path(out_dir)
-    return {fmt: atomic_write_text(out / f"{stem}.{fmt}", renderers[fmt]()) for fmt in formats}
+    written = {fmt: atomic_write_text(out / f"{stem}.{fmt}", renderers[fmt]()) for fmt in formats}
+    if query_rows and "csv" in formats:
+        written["csv_queries"] = atomic_write_text(out / f"{stem}_queries.csv", render_query_csv(query_rows))
+    return written
+
+
+def write_query_plots(
+    query_rows: Sequence[QueryRow], out_dir: str | os.PathLike[str], stem: str = "leaderboard"
+) -> list[Path]:
+    """One distortion-vs-queries figure per (dataset, model, defense, targeted) with every attack in it.
+
+    Median per-pixel MSE (line) and interquartile band over the attacked images, log scale, from the
+    runs' traces artifacts; written as ``<out_dir>/<stem>_queries_<dataset>_<model>_<defense>_<targeted|
+    untargeted>.png``. Rows whose traces are missing (older runs, deleted directories) are skipped with a
+    warning; a group with no traces left gets no figure. Returns the paths written.
+    """
+    from advsuite.plots import plot_distortion_vs_queries
+    from advsuite.results.traces import read_traces
+
+    groups: dict[tuple[str, str, str, bool], list[QueryRow]] = {}
+    for row in query_rows:
+        groups.setdefault((row["dataset"], row["model"], row["defense"], row["targeted"]), []).append(row)
+    written = []
+    for (dataset, model, defense, targeted), rows in groups.items():
+        curves: dict[str, Any] = {}
+        n_dims: int | None = None
+        for row in rows:
+            if row["traces"] is None:
+                continue
+            try:
+                artifact = read_traces(row["traces"])
+            except (OSError, ValueError) as err:  # InputError is a ValueError
+                warnings.warn(
+                    f"no curve for {row['attack']} (run {row['run_id']}): {err}", RuntimeWarning, stacklevel=2
+                )
+                continue
+            if artifact.n_dims is None or (n_dims is not None and artifact.n_dims != n_dims):
+                warnings.warn(
+                    f"no curve for {row['attack']} (run {row['run_id']}): its traces give no image size or another "
+                    f"one ({artifact.n_dims} vs {n_dims})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            n_dims = artifact.n_dims
+            label = row["attack"] if row["norm"] in ("l2", "None") else f"{row['attack']} ({row['norm']})"
+            curves[label] = artifact.traces
+        if not curves:
+            continue
+        thresholds = {row["mse_threshold"] for row in rows}
+        kind = "targeted" if targeted else "untargeted"
+        name = _file_part("_".join([stem, "queries", dataset, model, defense, kind]))
+        written.append(
+            plot_distortion_vs_queries(
+                curves,
+                Path(out_dir) / f"{name}.png",
+                metric="mse",
+                n_dims=n_dims,
+                title=f"{dataset} / {model} / {defense} ({kind})",
+                threshold=thresholds.pop() if len(thresholds) == 1 else None,
+                empty_as_inf=True,
+            )
+        )
+    return written
+
+
+def _file_part(text: str) -> str:
+    """``text`` made safe as a file name: runs of other characters become ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "plot"
 
 
 # -- helpers -----------------------------------------------------------------------------------

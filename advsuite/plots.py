@@ -86,19 +86,40 @@ def distance_at_queries(trace: torch.Tensor, grid: torch.Tensor) -> torch.Tensor
 
 
 def trace_quantiles(
-    traces: Sequence[torch.Tensor], grid: torch.Tensor, quantiles: Sequence[float] = QUANTILES
+    traces: Sequence[torch.Tensor],
+    grid: torch.Tensor,
+    quantiles: Sequence[float] = QUANTILES,
+    *,
+    empty_as_inf: bool = False,
 ) -> torch.Tensor:
     """Quantiles over images of the distance at each grid point: (len(quantiles), len(grid)).
 
-    Empty traces (nothing recorded, e.g. images the model already misclassified) are left out.
+    Empty traces (nothing recorded, e.g. images the model already misclassified) are left out,
+    unless ``empty_as_inf``: then they are images the attack never found an adversarial for, ``inf``
+    everywhere (use it when every trace belongs to an attacked image, as in a run's traces artifact).
     Linear interpolation between order statistics, as ``torch.quantile``, except that a quantile
     touching an image with no adversarial yet (``inf``) is ``inf``: it is undefined, not large.
     """
-    rows = [distance_at_queries(t, grid) for t in traces if len(t)]
+    rows = [distance_at_queries(t, grid) for t in traces if empty_as_inf or len(t)]
     if not rows:
         return torch.full((len(quantiles), len(grid)), math.nan, dtype=torch.float64)
-    values = torch.stack(rows).sort(dim=0).values  # (images, grid), inf sorts last
+    return quantiles_with_inf(torch.stack(rows), quantiles)
+
+
+def quantiles_with_inf(values: torch.Tensor, quantiles: Sequence[float] = QUANTILES) -> torch.Tensor:
+    """Quantiles along dim 0 of ``values`` (images, k) that may hold ``inf``: (len(quantiles), k).
+
+    Linear interpolation between order statistics, as ``torch.quantile`` (and NumPy's default), with
+    ``inf`` sorting last; a quantile that touches an ``inf`` is ``inf`` (torch would give NaN). With
+    no rows every quantile is NaN.
+    """
+    values = values.to(torch.float64)
+    if values.ndim == 1:
+        values = values[:, None]
     n = values.shape[0]
+    if n == 0:
+        return torch.full((len(quantiles), values.shape[1]), math.nan, dtype=torch.float64)
+    values = values.sort(dim=0).values  # inf sorts last
     out = []
     for q in quantiles:
         pos = q * (n - 1)
@@ -118,6 +139,8 @@ def plot_distortion_vs_queries(
     n_dims: int | None = None,
     grid: torch.Tensor | None = None,
     title: str = "",
+    threshold: float | None = None,
+    empty_as_inf: bool = False,
 ) -> Path:
     """Median distance (line) and interquartile band over images against queries, log-scale y.
 
@@ -125,6 +148,8 @@ def plot_distortion_vs_queries(
     each trace is read as a step function (:func:`distance_at_queries`). ``metric="mse"`` converts
     the traced L2 to per-pixel MSE, ``l2**2 / n_dims`` (``n_dims`` = C·H·W), as in the QEBA paper.
     Where fewer than half the images have an adversarial yet, the median is undefined and not drawn.
+    ``threshold`` (in the plotted metric) draws a dashed horizontal line, e.g. the success threshold.
+    ``empty_as_inf`` counts empty traces as images never made adversarial (see :func:`trace_quantiles`).
     """
     if metric not in ("l2", "mse"):
         raise InputError(f"metric must be 'l2' or 'mse', got {metric!r}")
@@ -137,18 +162,20 @@ def plot_distortion_vs_queries(
     ax = fig.add_subplot()
     xs = grid.double().numpy()
     for method, traces in traces_by_method.items():
-        q = trace_quantiles(traces, grid)
+        q = trace_quantiles(traces, grid, empty_as_inf=empty_as_inf)
         if metric == "mse":
             q = q.pow(2) / float(n_dims or 1)
         # matplotlib leaves gaps at NaN; inf (undefined) and non-positive values cannot go on a log axis
         ys = torch.where(torch.isfinite(q) & (q > 0), q, torch.full_like(q, math.nan)).numpy()
         (line,) = ax.plot(xs, ys[1], label=method)
         ax.fill_between(xs, ys[0], ys[2], color=line.get_color(), alpha=0.2, linewidth=0)
+    if threshold is not None and math.isfinite(threshold) and threshold > 0:
+        ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     ax.set_yscale("log", nonpositive="mask")
     ax.set_xlabel("queries")
-    ax.set_ylabel("median MSE" if metric == "mse" else "median L2 distance")
+    ax.set_ylabel(("per-pixel MSE" if metric == "mse" else "L2 distance") + " (median, quartile band)")
     ax.grid(alpha=0.3, which="both")
-    if traces_by_method:
+    if traces_by_method or threshold is not None:
         ax.legend()
     if title:
         ax.set_title(title)

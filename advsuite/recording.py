@@ -19,6 +19,7 @@ from advsuite.evaluation import Evaluation
 from advsuite.models.classifier import Classifier
 from advsuite.plots import plot_distortion_vs_queries, plot_robust_accuracy, save_image_grid
 from advsuite.results import ResultsStore, config_hash, git_commit, package_versions, write_record
+from advsuite.results.traces import TRACES_NAME, write_traces
 
 
 def new_run_dir(home: Path) -> Path:
@@ -42,20 +43,42 @@ def run_names(
         "threat_model": getattr(attack, "norm", None),
         "epsilon": None if eps is None else float(eps),
         "access": getattr(attack, "threat_model", None),
+        "targeted": bool(getattr(attack, "targeted", False)) if attack is not None else None,
         "model_source": info.get("model_source", model_name),
         "weights_hash": info.get("weights_hash"),
     }
 
 
 def write_artifacts(run_dir: Path, ev: Evaluation, attack_name: str, grid_images: int = 8) -> dict[str, str | None]:
-    """A robust-accuracy or distortion-vs-queries plot and an image grid, next to the record."""
+    """Plots, an image grid and (query attacks) the traces, next to the record; names relative to it.
+
+    Fixed-epsilon attacks get ``robust_accuracy.png``; query attacks ``distortion_vs_queries.png``
+    (median and interquartile band of per-pixel MSE over the attacked images, log scale, with the
+    success threshold) and ``traces.safetensors`` (:mod:`advsuite.results.traces`), named in
+    ``artifacts.traces``. That key is only present when the attack returned traces.
+    """
     artifacts: dict[str, str | None] = {"plot": None, "grid": None}
+    n_dims = int(ev.x[0].numel()) if len(ev.x) else None
+    traced = ev.traced or any(len(t) for t in ev.traces)
     if ev.epsilons is not None and ev.robust_by_eps is not None:
         plot_robust_accuracy(ev.epsilons, ev.robust_by_eps, run_dir / "robust_accuracy.png", title=attack_name)
         artifacts["plot"] = "robust_accuracy.png"
     elif any(len(t) for t in ev.traces):
-        plot_distortion_vs_queries({attack_name: ev.traces}, run_dir / "distortion_vs_queries.png")
+        threshold = ev.metrics.get("mse_threshold")
+        plot_distortion_vs_queries(
+            {attack_name: ev.traces},
+            run_dir / "distortion_vs_queries.png",
+            metric="mse",
+            n_dims=n_dims,
+            title=attack_name,
+            threshold=float(threshold) if isinstance(threshold, int | float) else None,
+            empty_as_inf=True,
+        )
         artifacts["plot"] = "distortion_vs_queries.png"
+    if traced:
+        index = ev.attacked.nonzero().squeeze(1).tolist()
+        write_traces(run_dir / TRACES_NAME, ev.traces, index, n_dims=n_dims)
+        artifacts["traces"] = TRACES_NAME
     shown = ev.attacked.nonzero().squeeze(1)[:grid_images]
     if len(shown):
         save_image_grid(ev.x[shown], ev.x_adv[shown], run_dir / "examples.png", n=grid_images)
@@ -82,6 +105,17 @@ def format_summary(names: dict[str, Any], metrics: dict[str, Any]) -> str:
     if metrics.get("robust_accuracy_by_eps"):
         curve = ", ".join(f"{e}: {a:.3f}" for e, a in metrics["robust_accuracy_by_eps"].items())
         rows.insert(5, ("robust acc. by eps", curve))
+    if isinstance(metrics.get("median_mse_at"), dict):
+
+        def by_budget(values: dict[str, Any]) -> str:
+            return ", ".join(f"{b}: {fmt(v)}" for b, v in values.items())
+
+        rows.append(("median MSE @ queries", by_budget(metrics["median_mse_at"])))
+        rows.append(("median L2 @ queries", by_budget(metrics["median_l2_at"] or {})))
+        if isinstance(metrics.get("success_rate_at"), dict):
+            rows.append((f"success (MSE <= {metrics['mse_threshold']:g})", by_budget(metrics["success_rate_at"])))
+        if isinstance(metrics.get("success_rate_l2_at"), dict):
+            rows.append((f"success (L2 <= {metrics['l2_threshold']:g})", by_budget(metrics["success_rate_l2_at"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

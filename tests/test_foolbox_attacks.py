@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import counted
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch import nn
 
 from advsuite.attack import Attack, AttackResult
 from advsuite.attacks.foolbox_ref import FoolboxBoundary, FoolboxHSJA, FoolboxPGD
@@ -19,33 +19,6 @@ from advsuite.oracles import LabelOracle
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
-
-
-class RowCounter(nn.Module):
-    """Wraps a network and counts the rows it evaluates."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.rows = 0
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        self.rows += len(z)
-        return self.net(z)
-
-
-def counted(model: Classifier) -> tuple[Classifier, RowCounter]:
-    """The same network and normalisation as ``model``, with every evaluated row counted."""
-    counter = RowCounter(model.net)
-    wrapped = Classifier(
-        counter,
-        num_classes=model.num_classes,
-        input_shape=model.input_shape,
-        mean=model.mean.flatten().tolist(),
-        std=model.std.flatten().tolist(),
-        name="counted",
-    )
-    return wrapped.eval(), counter
 
 
 def recheck(model: Classifier, result: AttackResult, y: torch.Tensor, targets: torch.Tensor | None, one_by_one: bool):

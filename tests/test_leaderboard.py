@@ -8,17 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from advsuite.errors import ConfigError
 from advsuite.leaderboard import (
     build_leaderboard,
+    build_query_table,
     render_csv,
     render_html,
     render_markdown,
+    render_query_csv,
+    render_query_markdown,
     write_leaderboard,
+    write_query_plots,
 )
 from advsuite.results import ResultsStore, write_record
+from advsuite.results.traces import TRACES_NAME, write_traces
 from advsuite.tasks.leaderboard import run_leaderboard
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "task" / "leaderboard.yaml"
@@ -183,6 +189,9 @@ def test_run_leaderboard_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert result["paths"]["md"] == str(tmp_path / "leaderboard" / "leaderboard_mnist5k_linf.md")
     assert Path(result["paths"]["html"]).is_file() and len(result["rows"]) == 6
     assert result["n_records"] == 8  # finished evaluate records of mnist5k/linf
+    # no record has budget metrics: no query table, no plots
+    assert result["query_rows"] == [] and result["plots"] == [] and "csv_queries" not in result["paths"]
+    assert "Query efficiency" not in Path(result["paths"]["md"]).read_text()
 
     # the index is only a cache: delete it and rebuild from the records
     store.path.unlink()
@@ -196,3 +205,158 @@ def test_run_leaderboard_without_results(tmp_path: Path, capsys: pytest.CaptureF
     cfg = OmegaConf.create({"task": OmegaConf.load(CONF), "paths": {"home": str(tmp_path)}})
     result = run_leaderboard(cfg)
     assert result["rows"] == [] and "no finished evaluate runs" in capsys.readouterr().out
+
+
+# -- the query-efficiency table and the sweep plot -------------------------------------------------
+
+BUDGETS = ("1000", "2000", "5000", "10000")
+
+
+def query_rec(
+    run_id: str,
+    model: str,
+    attack: str,
+    mse: tuple[float | None, ...],
+    *,
+    targeted: bool | None = False,
+    success: tuple[float | None, ...] = (0.1, 0.2, 0.5, 0.8),
+    created: str = "2024-05-01T12:00:00+00:00",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """A decision-based (minimisation) record with budget metrics; MSE per budget, L2 = 10 * MSE."""
+    record = rec(run_id, model, attack, None, eps=None, access="label", created=created, success_rate=1.0, **kwargs)
+    record["names"]["threat_model"] = "l2"
+    if targeted is not None:
+        record["names"]["targeted"] = targeted
+    record["metrics"].update(
+        n_attacked=90,
+        query_budgets=[int(b) for b in BUDGETS],
+        mse_threshold=1e-3,
+        l2_threshold=None,
+        median_mse_at=dict(zip(BUDGETS, mse, strict=True)),
+        geomean_mse_at=dict(zip(BUDGETS, mse, strict=True)),
+        median_l2_at={b: None if v is None else 10 * v for b, v in zip(BUDGETS, mse, strict=True)},
+        n_found_at=dict.fromkeys(BUDGETS, 90),
+        success_rate_at=dict(zip(BUDGETS, success, strict=True)),
+        success_rate_l2_at=None,
+    )
+    return record
+
+
+def query_records() -> list[dict[str, Any]]:
+    return [
+        query_rec("a-hsja", "a", "hsja", (4e-3, 2e-3, 1e-3, 5e-4)),
+        query_rec("a-qeba-old", "a", "qeba", (9.0, 9.0, 9.0, 9.0), created="2024-04-01"),  # superseded
+        query_rec("a-qeba", "a", "qeba", (1e-3, 5e-4, 2e-4, None), success=(0.5, 0.7, 0.9, None)),  # ran 5k
+        query_rec("a-qeba-t", "a", "qeba", (2e-2, 1e-2, 5e-3, 2e-3), targeted=True),
+        # an older record without names.targeted: the config says whether it was targeted
+        {
+            **query_rec("a-hsja-t", "a", "hsja", (3e-2, 2e-2, 1e-2, 8e-3), targeted=None),
+            "config": {"attack": {"targeted": True}},
+        },
+        # a minimisation attack recorded before budget metrics existed: not in the query table
+        rec("a-old", "a", "boundary", None, eps=None, access="label", success_rate=0.9, median_l2=2.0),
+    ]
+
+
+def test_query_table_rows_and_rendering() -> None:
+    everything = records() + query_records()
+    rows = build_query_table(everything)
+    summary = [(r["model"], r["attack"], r["targeted"], r["norm"], r["run_id"]) for r in rows]
+    assert summary == [
+        ("zoo:a", "hsja", False, "l2", "a-hsja"),
+        ("zoo:a", "qeba", False, "l2", "a-qeba"),
+        ("zoo:a", "hsja", True, "l2", "a-hsja-t"),
+        ("zoo:a", "qeba", True, "l2", "a-qeba-t"),
+    ]
+    qeba = rows[1]
+    assert qeba["median_mse_at"] == {"1000": 1e-3, "2000": 5e-4, "5000": 2e-4, "10000": None}
+    assert qeba["success_rate_at"]["2000"] == 0.7 and qeba["mse_threshold"] == 1e-3 and qeba["n_attacked"] == 90
+    assert qeba["traces"] is None  # the synthetic record has no run directory
+    assert build_query_table(everything, dataset="cifar10") == []
+    assert build_query_table(everything, threat_model="linf") == []
+
+    md = render_query_markdown(rows)
+    lines = md.splitlines()
+    assert lines[0] == (
+        "| Dataset | Model | Defense | Attack | Targeted | Norm | n | MSE thr. "
+        "| median MSE @1k | median MSE @2k | median MSE @5k | median MSE @10k "
+        "| median L2 @1k | median L2 @2k | median L2 @5k | median L2 @10k "
+        "| success @1k | success @2k | success @5k | success @10k | Date |"
+    )
+    assert lines[3] == (
+        "| mnist5k | zoo:a | none | qeba | no | l2 | 90 | 0.001 | 0.001 | 0.0005 | 0.0002 | – "
+        "| 0.01 | 0.005 | 0.002 | – | 50.00% | 70.00% | 90.00% | – | 2024-05-01 |"
+    )
+    assert "| hsja | yes |" in md and len(lines) == 2 + 4
+
+    table = list(csv.DictReader(io.StringIO(render_query_csv(rows))))
+    assert table[1]["median_mse_at:5000"] == "0.0002" and table[1]["median_mse_at:10000"] == ""
+    assert table[1]["geomean_mse_at:1000"] == "0.001" and table[1]["n_found_at:1000"] == "90"
+    assert table[1]["targeted"] == "False" and table[1]["run_id"] == "a-qeba"
+
+    # the main leaderboard is unchanged by the new metrics: qeba/hsja stay in their own columns
+    main = build_leaderboard(everything, dataset="mnist5k", epsilon=0.3)
+    assert [(r["model"], r["worst_case"]) for r in main] == [
+        ("zoo:b", 0.80),
+        ("zoo:b", 0.70),
+        ("zoo:a", 0.55),
+        ("zoo:c@abcdef12", None),
+    ]
+    page = render_html(build_leaderboard(everything), query_rows=rows)
+    assert "<h2>Query efficiency (decision-based attacks)</h2>" in page and "<th>median MSE @10k</th>" in page
+    assert "<h2>" not in render_html(build_leaderboard(everything))
+
+
+def fake_traces(n: int, start: float, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        queries = torch.cumsum(torch.randint(50, 150, (40,), generator=gen), 0).double()
+        out.append(torch.stack([queries, start * torch.exp(-queries / 2000)], dim=1))
+    return out
+
+
+def test_run_leaderboard_writes_query_table_and_sweep_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ResultsStore(tmp_path)
+    for i, record in enumerate(query_records()):
+        run_dir = tmp_path / "runs" / "2024-05-01" / f"{i:02d}"
+        record["run_dir"] = str(run_dir)
+        if record["run_id"] != "a-hsja-t":  # its traces were lost: no curve, the others still drawn
+            write_traces(run_dir / TRACES_NAME, fake_traces(6, 3.0 + i, seed=i), list(range(6)), n_dims=784)
+            record["artifacts"] = {"plot": None, "grid": None, "traces": TRACES_NAME}
+        write_record(run_dir, record)
+        store.index(record)
+    cfg = OmegaConf.create({"task": OmegaConf.load(CONF), "paths": {"home": str(tmp_path)}})
+    assert cfg.task.plot is True
+
+    result = run_leaderboard(cfg)
+    out = capsys.readouterr().out
+    assert "Query efficiency (decision-based attacks)" in out and "| mnist5k | zoo:a | none | qeba | no |" in out
+    assert len(result["query_rows"]) == 4
+    md = Path(result["paths"]["md"]).read_text()
+    assert "## Query efficiency (decision-based attacks)" in md and "median MSE @10k" in md
+    assert Path(result["paths"]["csv_queries"]).name == "leaderboard_queries.csv"
+    assert "median_mse_at:1000" in Path(result["paths"]["csv_queries"]).read_text()
+    # one figure per (dataset, model, defense, targeted), next to the tables, listed in the output
+    plots = [Path(p) for p in result["plots"]]
+    assert [p.name for p in plots] == [
+        "leaderboard_queries_mnist5k_zoo-a_none_untargeted.png",
+        "leaderboard_queries_mnist5k_zoo-a_none_targeted.png",
+    ]
+    for path in plots:
+        assert path.parent == tmp_path / "leaderboard" and path.read_bytes()[:4] == b"\x89PNG"
+        assert f"wrote plot: {path}" in out
+
+    cfg.task.plot, cfg.task.out_dir = False, str(tmp_path / "no_plots")
+    assert run_leaderboard(cfg)["plots"] == []
+    cfg.task.epsilon = 0.3  # decision-based attacks have no epsilon: no query table at one
+    assert run_leaderboard(cfg)["query_rows"] == []
+
+
+def test_write_query_plots_skips_missing_traces(tmp_path: Path) -> None:
+    rows = build_query_table(query_records())
+    assert write_query_plots(rows, tmp_path) == []  # no traces anywhere: no figure
+    rows[0]["traces"] = str(tmp_path / "gone" / TRACES_NAME)
+    with pytest.warns(RuntimeWarning, match="no curve for hsja"):
+        assert write_query_plots(rows, tmp_path) == []

@@ -14,6 +14,7 @@ from advsuite.plots import (
     distance_at_queries,
     plot_distortion_vs_queries,
     plot_robust_accuracy,
+    quantiles_with_inf,
     save_image_grid,
     trace_quantiles,
     visible_perturbation,
@@ -65,6 +66,21 @@ def test_trace_quantiles_by_hand() -> None:
     assert torch.isnan(trace_quantiles([torch.zeros(0, 2)], torch.tensor([1.0]))).all()
 
 
+def test_empty_traces_as_inf_and_quantiles_with_inf() -> None:
+    traces = [torch.tensor([[0.0, 4.0]]), torch.tensor([[0.0, 8.0]]), torch.zeros(0, 2)]
+    grid = torch.tensor([1.0])
+    # left out by default: median of (4, 8) = 6; as never-adversarial images: (4, 8, inf) -> 8
+    assert trace_quantiles(traces, grid, (0.5,)).item() == 6.0
+    assert trace_quantiles(traces, grid, (0.5,), empty_as_inf=True).item() == 8.0
+    assert trace_quantiles(traces, grid, (0.75,), empty_as_inf=True).item() == INF
+    values = torch.tensor([[3.0, INF], [1.0, 2.0], [INF, INF], [2.0, 1.0]])
+    got = quantiles_with_inf(values, (0.0, 0.5, 1.0))
+    # columns sorted: (1, 2, 3, inf) and (1, 2, inf, inf); the median interpolates the middle pair
+    assert got.tolist() == [[1.0, 1.0], [2.5, INF], [INF, INF]]
+    assert quantiles_with_inf(torch.tensor([5.0, 1.0, 3.0]), (0.5,)).tolist() == [[3.0]]  # 1-D: one column
+    assert torch.isnan(quantiles_with_inf(torch.zeros(0, 2), (0.5,))).all()
+
+
 def test_plot_distortion_vs_queries(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(0)
 
@@ -75,6 +91,10 @@ def test_plot_distortion_vs_queries(tmp_path: Path) -> None:
     traces = {"qeba": [fake_trace(1.0) for _ in range(5)], "hsja": [fake_trace(0.5) for _ in range(5)]}
     assert_png(plot_distortion_vs_queries(traces, tmp_path / "l2.png", title="MNIST"))
     assert_png(plot_distortion_vs_queries(traces, tmp_path / "mse.png", metric="mse", n_dims=784))
+    with_line = plot_distortion_vs_queries(
+        {**traces, "none found": [torch.zeros(0, 2)]}, tmp_path / "t.png", threshold=0.5, empty_as_inf=True
+    )
+    assert_png(with_line)
     with pytest.raises(InputError, match="n_dims"):
         plot_distortion_vs_queries(traces, tmp_path / "x.png", metric="mse")
     with pytest.raises(InputError, match="metric"):

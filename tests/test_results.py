@@ -112,6 +112,21 @@ def test_records_accept_tensors_and_paths(tmp_path: Path) -> None:
     assert back["where"] == str(tmp_path)
 
 
+def test_budget_metrics_are_json_safe_and_bytes_write_atomically(tmp_path: Path) -> None:
+    metrics = {"median_mse_at": {"1000": math.inf, "2000": 1e-3}, "success_rate_l2_at": None}
+    per_sample = {"index": [0, 1], "mse_at": {"1000": [math.inf, 2e-3], "2000": None}}
+    record = make_record(tmp_path, "q", metrics=metrics, per_sample=per_sample)
+    store = ResultsStore(tmp_path)
+    save(store, record)
+    back = read_record(record["run_dir"])
+    assert back["metrics"]["median_mse_at"] == {"1000": None, "2000": 1e-3}  # inf -> null
+    assert back["per_sample"]["mse_at"] == {"1000": [None, 2e-3], "2000": None}
+    assert store.records()[0]["metrics"]["median_mse_at"]["2000"] == 1e-3
+
+    path = record_module.atomic_write_bytes(tmp_path / "b" / "blob.bin", b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01" and os.listdir(path.parent) == ["blob.bin"]
+
+
 def test_config_hash_ignores_key_order_and_ignored_keys() -> None:
     config = {"attack": {"name": "pgd", "steps": 10, "eps": 0.3}, "seed": 0, "task": {"name": "evaluate"}}
     reordered = {"task": {"name": "evaluate"}, "seed": 0, "attack": {"eps": 0.3, "steps": 10, "name": "pgd"}}

@@ -58,12 +58,17 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     The temporary file lives in the same directory (``os.replace`` is only atomic within one
     filesystem) and is fsynced before the rename, so a crash cannot leave an empty file behind.
     """
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """:func:`atomic_write_text` for binary files (e.g. the traces artifact)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard)."""
+"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard, prior)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ TASKS = {
     "evaluate": "advsuite.tasks.evaluate:run_evaluate",
     "train": "advsuite.tasks.train:run_train",
     "leaderboard": "advsuite.tasks.leaderboard:run_leaderboard",
+    "prior": "advsuite.tasks.prior:run_prior",
 }
 
 

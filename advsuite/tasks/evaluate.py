@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from advsuite.attack import Attack
+from advsuite.attack import Attack, PrepareContext
 from advsuite.data import DataBundle, as_tensors
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
@@ -95,6 +95,16 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             verbose=bool(cfg.verbose),
         )
         recorder.names = names()
+        attack.prepare(
+            PrepareContext(
+                data=data,
+                device=model.device,
+                cache_dir=home / "zoo",
+                seed=int(cfg.seed),
+                verbose=bool(cfg.verbose),
+                victim_arch=str(model.info.get("arch")) if model.info.get("arch") else None,
+            )
+        )
         x, y = as_tensors(data.test, int(cfg.n_samples))
         targets = starts = None
         if attack.targeted:
@@ -110,6 +120,9 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             starting_points=starts,
             batch_size=int(cfg.batch_size),
             verbose=bool(cfg.verbose),
+            budgets=[int(b) for b in cfg.task.budgets],
+            mse_threshold=cfg.task.mse_threshold,
+            l2_threshold=cfg.task.l2_threshold,
         )
         artifacts = write_artifacts(recorder.run_dir, ev, recorder.names["attack"], int(cfg.task.grid_images))
         recorder.finish(ev, artifacts)

@@ -1,4 +1,4 @@
-"""``task=leaderboard``: read the results index and write ranked tables."""
+"""``task=leaderboard``: read the results index and write ranked tables (and the sweep's query plots)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from advsuite.leaderboard import FORMATS, build_leaderboard, render_markdown, write_leaderboard
+from advsuite.leaderboard import (
+    FORMATS,
+    QUERY_TITLE,
+    build_leaderboard,
+    build_query_table,
+    render_markdown,
+    render_query_markdown,
+    write_leaderboard,
+    write_query_plots,
+)
 from advsuite.paths import advsuite_home
 from advsuite.results.store import ResultsStore
 
@@ -15,7 +24,12 @@ from advsuite.results.store import ResultsStore
 def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
     """Build the leaderboard for ``cfg.task.{dataset, threat_model, epsilon}``, print it and write files.
 
-    Returns ``{"rows": [...], "paths": {fmt: path}, "n_records": int, "rebuilt": int | None}``.
+    Decision-based (minimisation) attacks with budget metrics also get the query-efficiency table
+    (not when ``task.epsilon`` is set: they have no epsilon) and, with ``task.plot`` (default true),
+    one distortion-vs-queries figure per (dataset, model, defense, targeted).
+
+    Returns ``{"rows": [...], "query_rows": [...], "paths": {fmt: path}, "plots": [path, ...],
+    "n_records": int, "rebuilt": int | None}``.
     """
     task = cfg.task
     paths = cfg.get("paths") or {}
@@ -31,9 +45,12 @@ def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
     rows = build_leaderboard(
         records, dataset=dataset, threat_model=threat_model, epsilon=None if epsilon is None else float(epsilon)
     )
+    query_rows = [] if epsilon is not None else build_query_table(records, dataset=dataset, threat_model=threat_model)
     if rows:
         print(render_markdown(rows))
-    else:
+    if query_rows:
+        print(f"{QUERY_TITLE}\n\n{render_query_markdown(query_rows)}")
+    if not rows and not query_rows:
         print(
             f"no finished evaluate runs for dataset={dataset} threat_model={threat_model} epsilon={epsilon} "
             f"in {store.path}; run some first (python -m advsuite ...), or pass task.rebuild=true if run "
@@ -42,12 +59,17 @@ def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(task.get("out_dir") or home / "leaderboard")
     stem = "_".join(["leaderboard", *(str(v) for v in (dataset, threat_model, epsilon) if v is not None)])
     formats = list(task.get("formats") or FORMATS)
-    written = write_leaderboard(rows, out_dir, formats=formats, stem=stem)
+    written = write_leaderboard(rows, out_dir, formats=formats, stem=stem, query_rows=query_rows)
     for fmt, path in written.items():
         print(f"wrote {fmt}: {path}")
+    plots = write_query_plots(query_rows, out_dir, stem=stem) if task.get("plot", True) else []
+    for path in plots:
+        print(f"wrote plot: {path}")
     return {
         "rows": rows,
+        "query_rows": query_rows,
         "paths": {fmt: str(p) for fmt, p in written.items()},
+        "plots": [str(p) for p in plots],
         "n_records": len(records),
         "rebuilt": rebuilt,
     }

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import foolbox as fb
 
-from ..whitebox.pgd import check_number
-from .decision import FoolboxDecisionAttack, check_int, default_init_attack
+from ..checks import check_int, check_number
+from .decision import FoolboxDecisionAttack, default_init_attack
 
 
 @dataclass

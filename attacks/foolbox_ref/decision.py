@@ -11,16 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from advsuite.attack import Attack, AttackResult, ThreatModel
-from advsuite.errors import ConfigError, InputError
+from advsuite.errors import InputError
 from advsuite.oracles import LabelOracle
 
-from ..whitebox.pgd import check_flags
+from ..checks import check_flags, check_int
 from .adapter import OracleAdapter, OracleSpent, seeded
-
-
-def check_int(owner: str, name: str, value: object, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
 
 
 def default_init_attack() -> fb.attacks.LinearSearchBlendedUniformNoiseAttack:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import foolbox as fb
 
-from ..whitebox.pgd import check_choice, check_number
-from .decision import FoolboxDecisionAttack, check_int, default_init_attack
+from ..checks import check_choice, check_int, check_number
+from .decision import FoolboxDecisionAttack, default_init_attack
 
 CONSTRAINTS = ("l2", "linf")
 STEPSIZE_SEARCHES = ("geometric_progression", "grid_search")

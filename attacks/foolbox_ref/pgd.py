@@ -24,7 +24,8 @@ from advsuite.attack import Attack, AttackResult, ThreatModel
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 
-from ..whitebox.pgd import NORMS, as_epsilons, check_choice, check_flags, check_number
+from ..checks import check_choice, check_flags, check_number
+from ..whitebox.pgd import NORMS, as_epsilons
 from .adapter import seeded
 
 

@@ -21,7 +21,8 @@ import torch
 from advsuite.attack import Attack, AttackResult, ThreatModel
 from advsuite.models.classifier import Classifier
 
-from .pgd import LOSSES, NORMS, as_epsilons, ascent_direction, check, check_choice, check_flags, objective
+from ..checks import check_choice, check_flags
+from .pgd import LOSSES, NORMS, as_epsilons, ascent_direction, check, objective
 
 
 @dataclass

@@ -1,0 +1,47 @@
+"""The interface every learned probe prior implements.
+
+A prior is a distribution over *directions in input space* learned from input gradients of reference
+(surrogate) models: QEBA-I's PCA basis, NonLinear-BA's AE/VAE/GAN decoders, PSBA's progressive GAN.
+Decision-based attacks draw their probes from it; the attack normalises each probe itself, so
+``sample`` may return any scale.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Prior(nn.Module, abc.ABC):
+    """A learned probe distribution over (C, H, W) inputs.
+
+    Subclasses are rebuilt from :meth:`config` (plain JSON-able dict of constructor arguments) plus
+    their ``state_dict``; that is how the prior cache stores them.
+    """
+
+    kind: str = "prior"
+
+    def __init__(self, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+
+    @property
+    def device(self) -> torch.device:
+        for t in [*self.parameters(), *self.buffers()]:
+            return t.device
+        return torch.device("cpu")
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON-able) that rebuild this prior's architecture."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` probe directions, shape (n, C, H, W), float32 on :attr:`device`.
+
+        All randomness comes from ``generator`` (a ``torch.Generator`` on :attr:`device`), so the
+        same generator state gives the same probes. Runs without autograd.
+        """
