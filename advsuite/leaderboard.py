@@ -226,6 +226,7 @@ class QueryRow(TypedDict):
     targeted: bool
     norm: str
     n_attacked: int | None
+    flips: int | None
     mse_threshold: float | None
     l2_threshold: float | None
     median_mse_at: dict[str, float | None]
@@ -294,6 +295,7 @@ def _query_row(key: tuple[str, str, str, bool, str, str], entry: _Entry) -> Quer
     if artifacts.get("traces") and record.get("run_dir"):
         traces = str(Path(str(record["run_dir"])) / str(artifacts["traces"]))
     n_attacked = _metric(record, "n_attacked")
+    flips = _metric(record, "flips")
     return QueryRow(
         dataset=dataset,
         model=model,
@@ -302,6 +304,7 @@ def _query_row(key: tuple[str, str, str, bool, str, str], entry: _Entry) -> Quer
         targeted=targeted,
         norm=norm,
         n_attacked=None if n_attacked is None else int(n_attacked),
+        flips=None if flips is None else int(flips),
         mse_threshold=_metric(record, "mse_threshold"),
         l2_threshold=_metric(record, "l2_threshold"),
         median_mse_at=per_budget("median_mse_at"),
@@ -387,6 +390,8 @@ def query_columns(rows: Sequence[QueryRow], *, full: bool = False) -> list[_Colu
         _Column("targeted", "Targeted", lambda r: r["targeted"], "yesno", False),
         _Column("norm", "Norm", lambda r: r["norm"], "text", False),
         _Column("n_attacked", "n", lambda r: r["n_attacked"], "count"),
+        # claimed successes the fresh re-check rejected (points within ~1e-6 of the boundary)
+        _Column("flips", "Flips", lambda r: r["flips"], "count"),
         _Column("mse_threshold", "MSE thr.", lambda r: r["mse_threshold"], "dist"),
     ]
     if with_l2:

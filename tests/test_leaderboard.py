@@ -230,6 +230,7 @@ def query_rec(
         record["names"]["targeted"] = targeted
     record["metrics"].update(
         n_attacked=90,
+        flips=1,
         query_budgets=[int(b) for b in BUDGETS],
         mse_threshold=1e-3,
         l2_threshold=None,
@@ -272,6 +273,7 @@ def test_query_table_rows_and_rendering() -> None:
     qeba = rows[1]
     assert qeba["median_mse_at"] == {"1000": 1e-3, "2000": 5e-4, "5000": 2e-4, "10000": None}
     assert qeba["success_rate_at"]["2000"] == 0.7 and qeba["mse_threshold"] == 1e-3 and qeba["n_attacked"] == 90
+    assert qeba["flips"] == 1
     assert qeba["traces"] is None  # the synthetic record has no run directory
     assert build_query_table(everything, dataset="cifar10") == []
     assert build_query_table(everything, threat_model="linf") == []
@@ -279,13 +281,13 @@ def test_query_table_rows_and_rendering() -> None:
     md = render_query_markdown(rows)
     lines = md.splitlines()
     assert lines[0] == (
-        "| Dataset | Model | Defense | Attack | Targeted | Norm | n | MSE thr. "
+        "| Dataset | Model | Defense | Attack | Targeted | Norm | n | Flips | MSE thr. "
         "| median MSE @1k | median MSE @2k | median MSE @5k | median MSE @10k "
         "| median L2 @1k | median L2 @2k | median L2 @5k | median L2 @10k "
         "| success @1k | success @2k | success @5k | success @10k | Date |"
     )
     assert lines[3] == (
-        "| mnist5k | zoo:a | none | qeba | no | l2 | 90 | 0.001 | 0.001 | 0.0005 | 0.0002 | – "
+        "| mnist5k | zoo:a | none | qeba | no | l2 | 90 | 1 | 0.001 | 0.001 | 0.0005 | 0.0002 | – "
         "| 0.01 | 0.005 | 0.002 | – | 50.00% | 70.00% | 90.00% | – | 2024-05-01 |"
     )
     assert "| hsja | yes |" in md and len(lines) == 2 + 4
