@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from advsuite.configs import to_plain
 from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
 from advsuite.errors import CheckpointError, ConfigError, OfflineError
@@ -55,21 +56,9 @@ def zoo_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else advsuite_home() / "zoo"
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python (without importing OmegaConf when it is not used)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return value
-
-
 def parse_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Check a model spec (``conf/model/<name>.yaml``) and fill in defaults."""
-    spec = dict(_plain(spec))
+    spec = dict(to_plain(spec))
     unknown = sorted(set(spec) - set(SPEC_KEYS) - {"_target_"})
     if unknown:
         raise ConfigError(f"unknown model config keys {unknown}; valid keys: {', '.join(SPEC_KEYS)}")
@@ -151,7 +140,7 @@ def load_model(
     dataset, cache key.
     """
     parsed = parse_spec(spec)
-    merged = Recipe.coerce(_plain(recipe), parsed["recipe_overrides"])
+    merged = Recipe.coerce(to_plain(recipe), parsed["recipe_overrides"])
     dev = resolve_device(device)
     arch, kwargs = parsed["arch"], parsed["kwargs"]
     with torch.random.fork_rng(devices=[]):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from advsuite.configs import to_plain
 from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
@@ -74,9 +75,8 @@ def reference_spec(reference: Reference, recipe_overrides: Mapping[str, Any] | N
     The prior's overrides win over the model config's own ``recipe_overrides``: they are what keeps the
     reference training cheap.
     """
-    from advsuite.models.zoo import _plain
 
-    reference = _plain(reference)
+    reference = to_plain(reference)
     if isinstance(reference, str):
         spec = model_config(reference)
     elif isinstance(reference, Mapping):

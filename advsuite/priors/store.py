@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from advsuite.configs import to_plain
 from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
 from advsuite.errors import CheckpointError, ConfigError
@@ -106,12 +107,6 @@ def prior_kind(kind: str) -> tuple[type[Prior], Callable[..., Prior]]:
 # ------------------------------------------------------------------------------------------------ spec
 
 
-def _plain(value: Any) -> Any:
-    from advsuite.models.zoo import _plain as plain
-
-    return plain(value)
-
-
 def _reference_arch(reference: Any) -> str:
     from advsuite.priors.gradients import reference_spec
 
@@ -126,7 +121,7 @@ def resolve_spec(spec: Mapping[str, Any], victim_arch: str | None = None) -> dic
     priors from surrogate models only, and a prior from the victim's own architecture would leak white-box
     knowledge into a black-box attack.
     """
-    spec = dict(_plain(spec) or {})
+    spec = dict(to_plain(spec) or {})
     spec.pop("_target_", None)
     kind = spec.get("kind")
     if kind not in KIND_DEFAULTS:

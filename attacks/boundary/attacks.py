@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from advsuite.attack import Attack, AttackResult, PrepareContext, ThreatModel
+from advsuite.configs import to_plain
 from advsuite.errors import ConfigError, InputError
 from advsuite.oracles import LabelOracle
 from advsuite.priors.base import Prior
@@ -47,18 +48,6 @@ from .probes import (
 NORMS = ("l2", "linf")
 DEFAULT_GAMMA = {"hsja": 1.0, "qeba": 0.01}
 DEFAULT_SCHEDULE = {"hsja": "sqrt", "qeba": "constant"}
-
-
-def plain(value: Any) -> Any:
-    """Hydra/OmegaConf containers -> plain Python (prior specs arrive as DictConfig)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, DictConfig | ListConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return value
 
 
 @dataclass
@@ -210,7 +199,7 @@ class PriorAttack(HSJA):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.prior = plain(self.prior)
+        self.prior = to_plain(self.prior)
         owner = type(self).__name__
         kind: object
         if isinstance(self.prior, Prior):

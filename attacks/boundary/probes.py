@@ -10,6 +10,7 @@ keeps the per-image work small.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Protocol
 
@@ -28,11 +29,12 @@ class ProbeGenerator(Protocol):
     def decode(self, z: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor: ...
 
 
-class FullSpace:
-    """Base for generators whose codes already are the directions."""
+class FullSpace(abc.ABC):
+    """Base for generators whose codes already are the directions (subclasses may override ``decode``)."""
 
+    @abc.abstractmethod
     def draw(self, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+        """``n`` codes for one image, drawn from ``generator``."""
 
     def decode(self, z: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         return z
