@@ -140,6 +140,25 @@ class Attack(abc.ABC):
     def prepare(self, context: PrepareContext) -> None:  # noqa: B027 - optional hook, no-op by default
         """Build or load what the attack needs before it runs (called once by ``task=evaluate``)."""
 
+    def extra_metrics(
+        self,
+        model: Classifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: torch.Tensor,
+        attacked: torch.Tensor,
+        *,
+        targets: torch.Tensor | None,
+        batch_size: int,
+    ) -> dict[str, float | None]:
+        """Attack-specific summary metrics, measured afresh after the run (e.g. fooling rate, evasive success).
+
+        Called by :func:`advsuite.evaluation.evaluate` with all ``n`` images (on the CPU), the returned
+        ``x_adv`` and the ``attacked`` mask; the keys join the record's metrics and, when listed in
+        :data:`advsuite.leaderboard.EXTRA_METRICS`, the leaderboard. Default: none.
+        """
+        return {}
+
     @abc.abstractmethod
     def run(
         self,

@@ -294,6 +294,12 @@ def evaluate(
         "mean_queries": _mean(queries[attacked]),
         "flips": flips,
     }
+    for key, value in attack.extra_metrics(
+        model, x, y, x_adv, attacked, targets=targets, batch_size=batch_size
+    ).items():
+        if key in metrics:
+            raise ConfigError(f"{type(attack).__name__}.extra_metrics returned {key!r}, a standard metric's name")
+        metrics[key] = finite_number(value)
     if oracle_stats["calls"]:
         metrics["rows_per_call"] = oracle_stats["rows"] / oracle_stats["calls"]
     attacked_traces = [traces[i] for i in idx.tolist()]

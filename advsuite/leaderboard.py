@@ -56,6 +56,15 @@ QUERY_NOTE = (
     "– at a budget the run did not reach. Lower distortion and higher success are better."
 )
 _MISSING = "–"
+#: attack-specific metrics (``Attack.extra_metrics``) that get a column per attack when a record has them
+EXTRA_METRICS: dict[str, str] = {
+    "fooling_rate": "fooling rate",
+    "transfer_fooling_rate": "transfer fooling rate",
+    "patch_success": "patch success",
+    "adapted_success": "adapted-model success",
+    "evasive_success": "evasive success",
+    "restored_exact": "bit-exact restores",
+}
 
 
 class LeaderboardRow(TypedDict):
@@ -74,6 +83,8 @@ class LeaderboardRow(TypedDict):
     success_rate: dict[str, float | None]
     median_l2: dict[str, float | None]
     queries: dict[str, float]
+    #: attack-specific metrics (:data:`EXTRA_METRICS`), metric -> attack -> value
+    extra: dict[str, dict[str, float | None]]
     n_examples: int | None
     date: str | None
     versions: str
@@ -181,6 +192,10 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
         success_rate={a: _metric(e.record, "success_rate") for a, e in minimising.items()},
         median_l2={a: _metric(e.record, "median_l2") for a, e in minimising.items()},
         queries=queries,
+        extra={
+            m: {a: _metric(e.record, m) for a, e in sorted(entries.items()) if _metric(e.record, m) is not None}
+            for m in EXTRA_METRICS
+        },
         # the smallest sample behind any number in the row: the row is only as solid as that
         n_examples=int(min(known)) if known else None,
         date=latest.created[:10] or None,
@@ -359,6 +374,9 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
     for a in minimising:
         cols.append(_Column(f"success_rate:{a}", f"{a} success rate", _getter("success_rate", a), "acc"))
         cols.append(_Column(f"median_l2:{a}", f"{a} median L2", _getter("median_l2", a), "dist"))
+    for metric, title in EXTRA_METRICS.items():
+        for a in sorted({a for row in rows for a in row["extra"].get(metric, {})}):
+            cols.append(_Column(f"{metric}:{a}", f"{a} {title}", _extra_getter(metric, a), "acc"))
     cols += [
         _Column("n_examples", "n", lambda r: r["n_examples"], "count"),
         _Column("median_queries", "Queries", lambda r: r["queries"], "queries", False),
@@ -370,6 +388,10 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
 
 def _getter(field: str, attack: str) -> Callable[[Any], Any]:
     return lambda row: row[field].get(attack)
+
+
+def _extra_getter(metric: str, attack: str) -> Callable[[Any], Any]:
+    return lambda row: row["extra"].get(metric, {}).get(attack)
 
 
 def query_budgets(rows: Sequence[QueryRow]) -> list[str]:
