@@ -362,3 +362,21 @@ def test_write_query_plots_skips_missing_traces(tmp_path: Path) -> None:
     rows[0]["traces"] = str(tmp_path / "gone" / TRACES_NAME)
     with pytest.warns(RuntimeWarning, match="no curve for hsja"):
         assert write_query_plots(rows, tmp_path) == []
+
+
+def test_attack_specific_metrics_get_a_column_per_attack() -> None:
+    rows = build_leaderboard(
+        [
+            rec("u", "a", "uap_datafree", 0.4, fooling_rate=0.62),
+            rec("d", "a", "diva", 0.9, evasive_success=0.35, adapted_success=0.8),
+            rec("p", "a", "pgd", 0.1),
+        ]
+    )
+    (row,) = rows
+    assert row["extra"]["fooling_rate"] == {"uap_datafree": 0.62}
+    assert row["extra"]["evasive_success"] == {"diva": 0.35}
+    table = render_markdown(rows)
+    assert "uap_datafree fooling rate" in table and "diva evasive success" in table
+    assert "pgd fooling rate" not in table
+    header, values = (line.split(",") for line in render_csv(rows).splitlines()[:2])
+    assert dict(zip(header, values, strict=True))["fooling_rate:uap_datafree"] == "0.62"

@@ -193,3 +193,25 @@ def test_traces_file_round_trip_and_errors(tmp_path: Path) -> None:
         read_traces(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError, match="no traces file"):
         read_traces(tmp_path / "missing.safetensors")
+
+
+class MeasuredAttack(ScriptedAttack):
+    """Reports one attack-specific metric, measured from what the pipeline passes in."""
+
+    def __init__(self, key: str = "fooling_rate") -> None:
+        super().__init__(None)
+        self.key = key
+
+    def extra_metrics(self, model: Any, x: Any, y: Any, x_adv: Any, attacked: Any, **_: Any) -> dict[str, float | None]:
+        return {self.key: float(attacked.float().mean()), "not_a_number": float("nan")}
+
+
+def test_extra_metrics_join_the_record_and_may_not_shadow_standard_ones(
+    setup: tuple[Classifier, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x, y = setup
+    ev = evaluate(model, MeasuredAttack(), x, y, verbose=False)
+    assert ev.metrics["fooling_rate"] == pytest.approx(4 / 5)  # image 1 is not attacked
+    assert ev.metrics["not_a_number"] is None  # stored as missing, never as NaN
+    with pytest.raises(ConfigError, match="success_rate"):
+        evaluate(model, MeasuredAttack("success_rate"), x, y, verbose=False)
