@@ -215,6 +215,16 @@ def test_inputs_of_224_pixels_work():
         assert bool((model.predict(result.x_adv) == 1).all())
 
 
+def test_auto_factor_follows_the_authors_sizes() -> None:
+    # the QEBA code: resize768/DCT768 (factor 2) on 32-px CIFAR-10, resize9408/DCT9408 (factor 4) at 224 px
+    for shape, factor in (((1, 28, 28), 2.0), ((3, 32, 32), 2.0), ((3, 224, 224), 4.0)):
+        oracle = LabelOracle(Classifier(nn.Flatten(), num_classes=shape[0] * shape[1] ** 2, input_shape=shape), 1, 10)
+        for attack in (QEBA_S(verbose=False), QEBA_F(verbose=False), QEBA_S(factor=3.0, verbose=False)):
+            probes = attack.probes(oracle)
+            assert isinstance(probes, ResizeProbes | DCTProbes)
+            assert probes.factor == (factor if attack.factor == "auto" else 3.0)
+
+
 # ------------------------------------------------------------------------------ configs and errors
 
 
@@ -224,6 +234,8 @@ def test_errors_are_clear(tiny_model: Classifier, test_batch: Batch):
         HSJA(constants="foolbox")
     with pytest.raises(ConfigError, match="factor"):
         QEBA_S(factor=0.5)
+    with pytest.raises(ConfigError, match="factor"):
+        QEBA_F(factor="small")
     with pytest.raises(ConfigError, match="prior"):
         QEBA_I(prior=None)
     with pytest.raises(ConfigError, match="prior kind"):

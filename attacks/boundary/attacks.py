@@ -42,6 +42,7 @@ from .probes import (
     ProgressiveProbes,
     ResizeProbes,
     UniformProbes,
+    auto_factor,
     auto_scale,
 )
 
@@ -153,35 +154,49 @@ class HSJA(Attack):
 class QEBA_S(HSJA):
     """QEBA-S: probes are N(0, 1) noise on a (H/factor, W/factor) grid, bilinearly up-sampled.
 
-    The authors' default factor 4 (224 → 56, i.e. d/16 dimensions) is ours at every size.
+    ``factor="auto"`` follows the authors' code: 4 at 224 px (d/16 dimensions), 2 at CIFAR's 32 px (d/4);
+    we use 2 up to 64 px and 4 above (:func:`.probes.auto_factor`).
     """
 
     constants: str = "qeba"
-    factor: float = 4.0
+    factor: float | str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_number(type(self).__name__, "factor", self.factor, low=1.0, strict=False)
+        check_factor(type(self).__name__, self.factor)
 
     def probes(self, oracle: LabelOracle) -> ProbeGenerator:
-        return ResizeProbes(self.factor)
+        return ResizeProbes(resolve_factor(self.factor, oracle.input_shape))
 
 
 @dataclass
 class QEBA_F(HSJA):
-    """QEBA-F: Gaussian coefficients in the low-frequency (H/factor, W/factor) DCT block, inverse DCT."""
+    """QEBA-F: Gaussian coefficients in the low-frequency (H/factor, W/factor) DCT block, inverse DCT.
+
+    ``factor="auto"`` as QEBA-S: 2 up to 64 px (the authors' ``DCT768`` on CIFAR-10), 4 above (``DCT9408``).
+    """
 
     constants: str = "qeba"
-    factor: float = 4.0
+    factor: float | str = "auto"
     orthogonalize: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_number(type(self).__name__, "factor", self.factor, low=1.0, strict=False)
+        check_factor(type(self).__name__, self.factor)
         check_flags(type(self).__name__, self, "orthogonalize")
 
     def probes(self, oracle: LabelOracle) -> ProbeGenerator:
-        return DCTProbes(self.factor, self.orthogonalize)
+        return DCTProbes(resolve_factor(self.factor, oracle.input_shape), self.orthogonalize)
+
+
+def check_factor(owner: str, factor: float | str) -> None:
+    """``auto`` or a number >= 1."""
+    if factor != "auto":
+        check_number(owner, "factor", factor, low=1.0, strict=False)  # type: ignore[arg-type]
+
+
+def resolve_factor(factor: float | str, input_shape: tuple[int, ...]) -> float:
+    return auto_factor(input_shape) if factor == "auto" else float(factor)
 
 
 @dataclass
