@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torch import nn
@@ -77,6 +79,19 @@ def attack_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _attack_config(name: str, *, seed: Any, verbose: Any) -> dict[str, Any]:
+    """The attack's config as Hydra composes it (its ``defaults`` list included), resolved."""
+    overrides = [f"attack={name}", f"seed={int(seed)}", f"verbose={bool(verbose)}"]
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or test: its search path has our configs
+        cfg = compose("config", overrides)
+    else:
+        with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
+            cfg = compose("config", overrides)
+    config = OmegaConf.to_container(cfg.attack, resolve=True)
+    assert isinstance(config, dict)
+    return {str(k): v for k, v in config.items()}
+
+
 def build_attack(attack: str | type[Attack], **options: Any) -> Attack:
     """An attack by its config name (``"pgd"``, ``"fb_hsja"``, ...) or its class, with options.
 
@@ -86,12 +101,7 @@ def build_attack(attack: str | type[Attack], **options: Any) -> Attack:
     if isinstance(attack, str):
         if attack not in attack_names():
             raise ConfigError(f"unknown attack {attack!r}; valid names: {', '.join(attack_names())}")
-        text = (importlib.resources.files("advsuite.conf") / "attack" / f"{attack}.yaml").read_text()
-        # attack configs interpolate the run's ${seed} and ${verbose}
-        root = OmegaConf.create({"seed": options.get("seed", 0), "verbose": options.get("verbose", False)})
-        root.attack = OmegaConf.create(text)
-        config = OmegaConf.to_container(root.attack, resolve=True)
-        assert isinstance(config, dict)
+        config = _attack_config(attack, seed=options.get("seed", 0), verbose=options.get("verbose", False))
         cls = get_class(str(config.pop("_target_")))
         kwargs = {str(k): v for k, v in config.items()}
     else:

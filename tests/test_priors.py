@@ -271,8 +271,8 @@ def test_task_prior_from_the_command_line(advsuite_home: Path) -> None:
         "prior.n_images=64",
         "prior.components=8",
         "prior.reference_recipe.epochs=1",
-        "+prior.reference_recipe.train_subset=256",  # a key the YAML does not list needs Hydra's `+`
-        "+prior.reference_recipe.test_subset=100",
+        "prior.reference_recipe.train_subset=256",
+        "+prior.reference_recipe.test_subset=100",  # a key the YAML does not list needs Hydra's `+`
         "verbose=false",
     ]
     result = subprocess.run(

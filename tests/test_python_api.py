@@ -51,6 +51,10 @@ def test_build_attack_by_name_or_class_and_unknown_options() -> None:
         advsuite.build_attack("pgd", stepz=3)
     with pytest.raises(ConfigError, match=r"valid names: .*fgsm"):
         advsuite.build_attack("no_such_attack")
+    # configs with a defaults list (qeba_f inherits hsja's loop settings, qeba_i pulls in a prior)
+    qeba_f = advsuite.build_attack("qeba_f", budget=10, seed=3)
+    assert (qeba_f.budget, qeba_f.max_batch, qeba_f.constants, qeba_f.seed) == (10, 1000, "qeba", 3)
+    assert advsuite.build_attack("qeba_i").prior["kind"] == "pca"
 
 
 def test_exhausted_budget_is_a_recorded_failure_not_a_crash(tiny_model, test_batch) -> None:

@@ -66,7 +66,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # size; null: all of them)
     "n_images": 4000,
     # merged into the zoo's default recipe for every reference (and so into their zoo cache keys)
-    "reference_recipe": {"epochs": 3},
+    "reference_recipe": {"epochs": 3, "train_subset": 10000},
 }
 
 #: each kind's hyper-parameters (passed to its fit function) with their defaults; None = the fit's own choice
