@@ -1,6 +1,6 @@
 """Datasets: every loader returns a :class:`DataBundle` of float32 CHW images in [0, 1]."""
 
-from advsuite.data.bundle import DATA_ROOT_ENV, DataBundle, as_tensors
+from advsuite.data.bundle import DATA_ROOT_ENV, DataBundle, as_tensors, sample_tensors
 from advsuite.data.embedded import mnist5k as _embedded_mnist5k
 from advsuite.data.imagefolder import imagefolder_dataset
 from advsuite.data.npz import ImageArrayDataset, npz_dataset
@@ -28,5 +28,6 @@ __all__ = [
     "imagefolder_dataset",
     "mnist5k",
     "npz_dataset",
+    "sample_tensors",
     "torchvision_dataset",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from advsuite.errors import ConfigError
 
 DATA_ROOT_ENV = "ADVSUITE_DATA"
 
@@ -24,6 +26,26 @@ class DataBundle:
     std: tuple[float, ...] = (0.5,)
     class_names: list[str] | None = None
     info: dict[str, object] = field(default_factory=dict)
+
+
+def select_indices(n_train: int, n_images: int | None, seed: int) -> torch.Tensor:
+    """A seeded random subset of indices (sorted); all of them when ``n_images`` is None or larger."""
+    if n_images is not None and n_images < 1:
+        raise ConfigError(f"n_images must be >= 1, got {n_images}")
+    keep = n_train if n_images is None else min(n_images, n_train)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_train, generator=gen)[:keep].sort().values
+
+
+def sample_tensors(dataset: Dataset, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of ``n`` samples (all when ``n`` is None or larger) as (float32 NCHW, int64) tensors.
+
+    Use it instead of the first ``n``: the embedded splits are ordered by class.
+    """
+    idx = select_indices(len(dataset), n, seed)  # type: ignore[arg-type]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0][idx].float(), dataset.tensors[1][idx].long()
+    return as_tensors(Subset(dataset, idx.tolist()))
 
 
 def as_tensors(dataset: Dataset, n: int | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from advsuite.configs import to_plain
-from advsuite.data.bundle import DataBundle
+from advsuite.data.bundle import DataBundle, select_indices
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
@@ -87,15 +87,6 @@ def reference_spec(reference: Reference, recipe_overrides: Mapping[str, Any] | N
         raise ConfigError(f"a reference is a zoo model config name or a model spec mapping, got {reference!r}")
     spec["recipe_overrides"] = {**dict(spec.get("recipe_overrides") or {}), **dict(recipe_overrides or {})}
     return spec
-
-
-def select_indices(n_train: int, n_images: int | None, seed: int) -> torch.Tensor:
-    """A seeded random subset of training indices (sorted); all of them when ``n_images`` is None or larger."""
-    if n_images is not None and n_images < 1:
-        raise ConfigError(f"n_images must be >= 1, got {n_images}")
-    keep = n_train if n_images is None else min(n_images, n_train)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_train, generator=gen)[:keep].sort().values
 
 
 def assign_batches(n_batches: int, n_references: int, seed: int) -> torch.Tensor:

@@ -60,12 +60,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
 
 from advsuite.attack import Attack, AttackResult, PrepareContext, ThreatModel
+from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
-from advsuite.seeding import make_generator
 from advsuite.validation import check_images
 
 from ..checks import check_choice, check_flags, check_int, check_number
@@ -117,16 +116,6 @@ def logits_of(model: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tens
     with model.evaluating():
         out = [model(x[i : i + batch_size].to(model.device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, model.num_classes)
-
-
-def training_subset(dataset: Dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random subset of ``n`` training images (all if fewer) as (float32 NCHW, int64) tensors."""
-    total = len(dataset)  # type: ignore[arg-type]
-    idx = torch.randperm(total, generator=make_generator(seed))[: min(n, total)].sort().values
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0][idx].float(), dataset.tensors[1][idx].long()
-    items = [dataset[int(i)] for i in idx]
-    return torch.stack([torch.as_tensor(a).float() for a, _ in items]), torch.as_tensor([int(b) for _, b in items])
 
 
 @dataclass
@@ -196,7 +185,7 @@ class DIVA(Attack):
 
     def prepare(self, context: PrepareContext) -> None:
         """Take ``calibration_images`` training images (seeded) to build the adapted models from."""
-        self.set_training_data(*training_subset(context.data.train, self.calibration_images, self.seed))
+        self.set_training_data(*sample_tensors(context.data.train, self.calibration_images, self.seed))
 
     def set_training_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """The images (and labels) to calibrate, fine-tune and distil on (Python API; ``prepare`` calls it)."""

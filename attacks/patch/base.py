@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from advsuite.attack import Attack, AttackResult, ThreatModel
+from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import is_adversarial
@@ -57,16 +58,7 @@ def as_range(owner: str, name: str, value: Any, low: float, high: float) -> tupl
 
 def training_images(data: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random subset of ``n`` training images of a DataBundle (splits may be sorted by class)."""
-    from torch.utils.data import Subset, TensorDataset
-
-    from advsuite.data import as_tensors
-    from advsuite.priors.gradients import select_indices
-
-    train = data.train
-    idx = select_indices(len(train), n, seed)
-    if isinstance(train, TensorDataset):
-        return train.tensors[0][idx].float(), train.tensors[1][idx].long()
-    return as_tensors(Subset(train, idx.tolist()))
+    return sample_tensors(data.train, n, seed)
 
 
 def objective(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 
 from advsuite.attack import Attack, AttackResult, PrepareContext, ThreatModel
 from advsuite.configs import to_plain
+from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError, InputError
 from advsuite.models.classifier import Classifier
 
@@ -123,9 +124,7 @@ class UniversalAttack(Attack):
         owner = type(self).__name__
         n = self.training_images_needed()
         if n:
-            from advsuite.data import as_tensors
-
-            x, y = as_tensors(context.data.train, n)
+            x, y = sample_tensors(context.data.train, n, self.seed)
             if len(x) < n:
                 raise ConfigError(f"{owner} needs {n} training images; the training split has only {len(x)}")
             self._train = (x, y)
