@@ -328,7 +328,7 @@ def test_configs_instantiate_offline():
         gan = instantiate(compose(config_name="config", overrides=["attack=patch_gan", "attack.space=pixel"]).attack)
     assert isinstance(patch, AdversarialPatch) and patch.sizes == [0.05, 0.1, 0.15] and patch.threat_model == "whitebox"
     assert isinstance(gan, TransferPatch) and gan.space == "pixel" and gan.threat_model == "label"
-    assert gan.generator["n_crops"] == 4000 and gan.surrogate_recipe == {"epochs": 3}
+    assert gan.generator["n_crops"] == 4000 and gan.surrogate_recipe == {"epochs": 3, "train_subset": 10000}
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,11 @@ class GradientData:
     gradient_seconds: float = 0.0
 
 
+#: the zoo recipe overrides for surrogate/reference models (priors, transfer attacks): CPU-sized, a seeded
+#: 10k-image subset for 3 epochs (resnet18 on all 50k CIFAR-10 images for 3 epochs took ~40 min on 2 cores)
+SURROGATE_RECIPE: dict[str, Any] = {"epochs": 3, "train_subset": 10000}
+
+
 def model_config(name: str) -> dict[str, Any]:
     """The packaged zoo model config ``conf/model/<name>.yaml`` as a plain dict."""
     from omegaconf import OmegaConf

@@ -39,6 +39,7 @@ from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
 from advsuite.errors import CheckpointError, ConfigError
 from advsuite.priors.base import Prior
+from advsuite.priors.gradients import SURROGATE_RECIPE
 from advsuite.training import Recipe
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # size; null: all of them)
     "n_images": 4000,
     # merged into the zoo's default recipe for every reference (and so into their zoo cache keys)
-    "reference_recipe": {"epochs": 3, "train_subset": 10000},
+    "reference_recipe": dict(SURROGATE_RECIPE),
 }
 
 #: each kind's hyper-parameters (passed to its fit function) with their defaults; None = the fit's own choice

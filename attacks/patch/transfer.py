@@ -56,6 +56,7 @@ from advsuite.configs import to_plain
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle
+from advsuite.priors.gradients import SURROGATE_RECIPE
 from advsuite.seeding import make_generator
 
 from ..checks import check_choice, check_int, check_number
@@ -100,7 +101,7 @@ class TransferPatch(UniversalPatchAttack):
     space: str = "latent"
     surrogates: Any = "auto"
     #: merged into the zoo's default recipe when a surrogate has to be trained
-    surrogate_recipe: Any = field(default_factory=lambda: {"epochs": 3})
+    surrogate_recipe: Any = field(default_factory=lambda: dict(SURROGATE_RECIPE))
     steps: int = 200
     batch_size: int = 32
     #: α of the sign step; null: 0.01 (pixel) or 0.05 (latent)

@@ -34,6 +34,7 @@ from advsuite.configs import to_plain
 from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError, InputError
 from advsuite.models.classifier import Classifier
+from advsuite.priors.gradients import SURROGATE_RECIPE
 
 from ..checks import check_flags, check_int, check_number
 
@@ -84,6 +85,8 @@ class UniversalAttack(Attack):
     eps: float = DEFAULT_EPS
     #: zoo model config names (conf/model/<name>.yaml) the fitted δ is also measured on
     transfer_models: list[str] = field(default_factory=list)
+    #: zoo recipe overrides for transfer models not yet in the cache (the priors' CPU-sized references)
+    transfer_recipe: Any = field(default_factory=lambda: dict(SURROGATE_RECIPE))
     seed: int = 0
     verbose: bool = True
 
@@ -107,6 +110,10 @@ class UniversalAttack(Attack):
         if isinstance(names, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"{owner}: transfer_models must be a list of zoo model names, got {names!r}")
         self.transfer_models = list(names)
+        recipe = to_plain(self.transfer_recipe)
+        if recipe is not None and not isinstance(recipe, dict):
+            raise ConfigError(f"{owner}: transfer_recipe must be a mapping of recipe keys, got {recipe!r}")
+        self.transfer_recipe = dict(recipe or {})
         if self.transfer_models:
             from advsuite.priors.gradients import model_config
 
@@ -144,6 +151,7 @@ class UniversalAttack(Attack):
                 cache_dir=context.cache_dir,
                 seed=context.seed,
                 verbose=context.verbose,
+                recipe_overrides=self.transfer_recipe,
             )
             self._transfer = dict(zip(self.transfer_models, models, strict=True))
 
