@@ -66,14 +66,14 @@ def test_pca_basis_is_orthonormal_and_spans_the_data(method: str) -> None:
     assert prior.train_metrics["solver"] == method
 
 
-def test_exact_and_randomized_pca_agree_and_default_k_is_d_over_16() -> None:
+def test_exact_and_randomized_pca_agree_and_default_k_follows_the_authors_sizes() -> None:
     grads, _ = low_rank_grads(n=300, rank=8)
     exact = fit_pca(grads, 4, method="exact").basis
     approx = fit_pca(grads, 4, method="randomized", seed=3).basis
     torch.testing.assert_close(exact.T @ exact, approx.T @ approx, atol=1e-3, rtol=0)  # same projector
-    assert fit_pca(grads).components == 4  # 64 / 16
-    assert default_components((1, 28, 28)) == 49
-    assert default_components((3, 32, 32)) == 192
+    assert fit_pca(grads).components == 16  # 64 / 4 (8 px: a small input)
+    assert default_components((1, 28, 28)) == 196  # d/4 up to 64 px, as the authors' CIFAR basis
+    assert default_components((3, 32, 32)) == 768  # the authors' CIFAR-10 basis
     assert default_components((3, 224, 224)) == 9408  # the authors' N_b
     with pytest.raises(ConfigError, match="n_images"):
         fit_pca(grads[:3], 4)  # more components than gradients

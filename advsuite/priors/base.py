@@ -14,6 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
+#: QEBA's subspaces are d/4 up to this input side and d/16 above (see :func:`qeba_subspace_fraction`)
+SMALL_INPUT_SIDE = 64
+
+
+def qeba_subspace_fraction(input_shape: tuple[int, ...]) -> float:
+    """The QEBA authors' subspace size as a fraction of d: 1/4 for small inputs, 1/16 for large ones.
+
+    Their code uses d/16 at 224 px (``resize9408``, ``DCT9408``, a 9408-component PCA basis) and d/4 on 32-px
+    CIFAR-10 (``resize768``, ``DCT768``, a 768-component basis). We take d/4 up to 64 px and d/16 above. This
+    sizes QEBA-S/F (``factor: auto``) and QEBA-I (``components: null``); NonLinear-BA and PSBA keep d/16.
+    """
+    return 1 / 4 if min(int(s) for s in input_shape[-2:]) <= SMALL_INPUT_SIDE else 1 / 16
+
 
 class Prior(nn.Module, abc.ABC):
     """A learned probe distribution over (C, H, W) inputs.

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from advsuite.errors import ConfigError
-from advsuite.priors.base import Prior
+from advsuite.priors.base import Prior, qeba_subspace_fraction
 
 #: inputs up to this many dimensions get the exact decomposition (MNIST: yes; CIFAR's 3072: randomized,
 #: ~50x faster on a CPU than a 3072 x 3072 eigen-decomposition)
@@ -38,11 +38,12 @@ OVERSAMPLE = 10
 
 
 def default_components(input_shape: tuple[int, ...]) -> int:
-    """d/16 rounded (the authors' 9408 for 3x224x224; 49 for MNIST, 192 for CIFAR)."""
+    """The authors' basis sizes (:func:`qeba_subspace_fraction`): d/4 up to 64 px (768 for CIFAR-10, 196 for
+    MNIST), d/16 above (9408 for 3x224x224)."""
     d = 1
     for s in input_shape:
         d *= int(s)
-    return max(1, round(d / 16))
+    return max(1, round(d * qeba_subspace_fraction(input_shape)))
 
 
 class PCAPrior(Prior):

@@ -45,7 +45,7 @@ from advsuite.training import Recipe
 log = logging.getLogger(__name__)
 
 #: bump when the cache layout, the key derivation or the gradient recipe changes
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: PCA's default basis is d/4 up to 64 px
 WEIGHTS_FILE = "prior.safetensors"
 META_FILE = "meta.json"
 

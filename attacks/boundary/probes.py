@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from advsuite.errors import ConfigError
-from advsuite.priors.base import Prior
+from advsuite.priors.base import Prior, qeba_subspace_fraction
 
 from .dct import dct_matrix, low_pass
 
@@ -45,18 +45,13 @@ class FullSpace(abc.ABC):
         return self.decode(self.draw(n, x_t, x0, generator), (c, h, w))
 
 
-#: ``factor: auto`` uses 2 up to this input side and 4 above (see :func:`auto_factor`)
-SMALL_INPUT_SIDE = 64
-
-
 def auto_factor(input_shape: tuple[int, ...]) -> float:
-    """The QEBA authors' subspace factor for an input size: 2 for small inputs, 4 for large ones.
+    """``factor: auto``: the side factor of the QEBA authors' subspace size (:func:`qeba_subspace_fraction`).
 
-    Their code uses factor 4 at 224 px (``resize9408``/``DCT9408``, d/16) but factor 2 for 32-px CIFAR-10
-    (``resize768``/``DCT768``, d/4): at 32 px a factor-4 grid (8x8) cannot represent the start-to-image
-    difference and the attack plateaus. We take 2 up to 64 px and 4 above.
+    2 up to 64 px (``resize768``/``DCT768`` on 32-px CIFAR-10, d/4), 4 above (``resize9408`` at 224 px, d/16):
+    at 32 px a factor-4 grid (8x8) cannot represent the start-to-image difference and the attack plateaus.
     """
-    return 2.0 if min(input_shape[-2:]) <= SMALL_INPUT_SIDE else 4.0
+    return qeba_subspace_fraction(input_shape) ** -0.5
 
 
 def reduced_size(size: int, factor: float) -> int:
