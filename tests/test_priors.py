@@ -22,6 +22,7 @@ from advsuite.priors.store import (
     KIND_DEFAULTS,
     REFERENCE_POOL,
     _fit_kwargs,
+    cache_key,
     prior_kind,
     priors_dir,
     resolve_spec,
@@ -112,6 +113,13 @@ def test_gaussian_probes_lie_in_the_span_and_sampling_is_seeded() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ specs
+
+
+def test_pca_cache_key_names_the_default_basis_size(mnist: DataBundle) -> None:
+    spec = lambda k: resolve_spec({"kind": "pca", "components": k}, "smallcnn")  # noqa: E731
+    k = default_components(mnist.input_shape)
+    assert cache_key(spec(None), mnist, 0) == cache_key(spec(k), mnist, 0)  # a new default gets a new entry
+    assert cache_key(spec(None), mnist, 0) != cache_key(spec(k // 4), mnist, 0)
 
 
 def test_spec_validation() -> None:

@@ -45,7 +45,7 @@ from advsuite.training import Recipe
 log = logging.getLogger(__name__)
 
 #: bump when the cache layout, the key derivation or the gradient recipe changes
-CACHE_VERSION = 2  # 2: PCA's default basis is d/4 up to 64 px
+CACHE_VERSION = 1
 WEIGHTS_FILE = "prior.safetensors"
 META_FILE = "meta.json"
 
@@ -187,8 +187,13 @@ def cache_key(resolved: Mapping[str, Any], data: DataBundle, seed: int) -> str:
     makes a new entry), the dataset, the seed and :data:`CACHE_VERSION`."""
     from advsuite.priors.gradients import reference_spec
 
+    spec = dict(resolved)
+    if spec["kind"] == "pca" and spec.get("components") is None:  # the key names the k the default gives
+        from advsuite.priors.pca import default_components
+
+        spec["components"] = default_components(tuple(data.input_shape))
     blob = {
-        "spec": dict(resolved),
+        "spec": spec,
         "reference_specs": [reference_spec(r, resolved["reference_recipe"]) for r in resolved["references"]],
         "dataset": _dataset_id(data),
         "seed": int(seed),
