@@ -74,11 +74,11 @@ DATASETS: dict[str, tuple[str, str, list[str], tuple[float, float]]] = {
 METHODS: dict[str, list[str]] = {
     "hsja": ["attack=hsja"],
     "hsja_qeba": ["attack=hsja", "attack.constants=qeba"],
-    "qeba_s": ["attack=qeba_s"],
+    "qeba_s": ["attack=qeba_s"],  # factor auto: 2 on MNIST and CIFAR-10 (d/4), as the authors' CIFAR code
     "qeba_f": ["attack=qeba_f"],
-    # factor 2: half-resolution subspaces (196 dims on MNIST): the authors' factor 4 targets 224-px inputs
-    "qeba_s_f2": ["attack=qeba_s", "attack.factor=2"],
-    "qeba_f_f2": ["attack=qeba_f", "attack.factor=2"],
+    # factor 4 (d/16): the authors' size for 224-px inputs, for comparison
+    "qeba_s_f4": ["attack=qeba_s", "attack.factor=4"],
+    "qeba_f_f4": ["attack=qeba_f", "attack.factor=4"],
     "qeba_i": ["attack=qeba_i"],
     "nlba_ae": ["attack=nlba_ae"],
     "nlba_vae": ["attack=nlba_vae"],
@@ -90,7 +90,9 @@ METHODS: dict[str, list[str]] = {
 }
 PRIOR_METHODS = ("qeba_i", "nlba_ae", "nlba_vae", "nlba_gan", "psba")
 #: methods that must beat the HSJA baselines on CIFAR-10 targeted (§10 of the research notes)
-CHALLENGERS = ("qeba_s", "qeba_f", "qeba_s_f2", "qeba_f_f2", "qeba_i", "nlba_vae", "psba")
+CHALLENGERS = ("qeba_s", "qeba_f", "qeba_i", "nlba_vae", "psba")
+#: also compared with the baselines, but not part of the target
+OTHERS = ("qeba_s_f4", "qeba_f_f4", "nlba_ae", "nlba_gan")
 
 
 # ----------------------------------------------------------------------------------- setup
@@ -304,7 +306,7 @@ def versus(runs: dict[str, dict[str, Any]], dataset: str, mode: str, baseline: s
         return []
     binding = (dataset, mode) == ("cifar10", "targeted")  # where the papers' claim is a target
     lines, best_1k = [], math.inf
-    for method in CHALLENGERS:
+    for method in (*CHALLENGERS, *OTHERS):
         run = runs.get(f"{dataset}/{mode}/{method}")
         if run is None:
             continue
@@ -319,11 +321,11 @@ def versus(runs: dict[str, dict[str, Any]], dataset: str, mode: str, baseline: s
             else:  # no worse: not significantly higher
                 p_val = signed_rank(*p, "greater")
                 verdict &= ratio <= 1 or p_val >= 0.05
-            best_1k = min(best_1k, ratio) if budget == 1000 else best_1k
+            best_1k = min(best_1k, ratio) if budget == 1000 and method in CHALLENGERS else best_1k
             cells.append(f"{budget:,} {ratio:.2f} (p={p_val:.2g})")
         if not cells:
             continue
-        word = ("PASS" if verdict else "FAIL") if binding else ("yes" if verdict else "no")
+        word = ("PASS" if verdict else "FAIL") if binding and method in CHALLENGERS else ("yes" if verdict else "no")
         lines.append(f"- {method} / {baseline} gmean MSE: " + ", ".join(cells) + f" -> {word}")
     if math.isfinite(best_1k):
         ok = ("PASS" if best_1k <= 0.5 else "FAIL") if binding else ("yes" if best_1k <= 0.5 else "no")

@@ -19,7 +19,8 @@ batch of training images:
 
 ``x_adv`` pastes the final patch on each test image at a seeded random position, as
 :class:`~advsuite.attacks.patch.AdversarialPatch` does; ``extra_metrics`` reports ``patch_success`` on the
-victim and ``surrogate_success@<name>``, the surrogates' white-box success on the same images. Running both
+victim and ``surrogate_success@<name>``, the surrogates' white-box success on the same images (those of them
+the surrogate classifies correctly). Running both
 spaces with the same seed, surrogates and targets gives the pixel-vs-manifold transfer comparison.
 
 Defaults and where they differ from the paper:
@@ -324,6 +325,8 @@ class TransferPatch(UniversalPatchAttack):
         for i, m in enumerate(self._models):
             name = str(m.info.get("arch") or m.name)
             name = f"{name}_{i}" if f"surrogate_success@{name}" in out else name
-            rate = self._hit_rate(m, x_adv[idx], y[idx], None if goal is None else goal[idx], batch_size)
-            out[f"surrogate_success@{name}"] = rate if len(idx) else None
+            # only images this surrogate gets right: otherwise its clean error would count as success
+            own = idx[(m.predict(x[idx], batch_size) == y[idx]).cpu()] if len(idx) else idx
+            rate = self._hit_rate(m, x_adv[own], y[own], None if goal is None else goal[own], batch_size)
+            out[f"surrogate_success@{name}"] = rate if len(own) else None
         return out
