@@ -89,6 +89,16 @@ SECTIONS: dict[str, dict[str, list[str]]] = {
         for adapt in ("int8", "prune")
         for setting in ("whitebox", "semi_blackbox")
         for method in ("diva", "pgd")
+    }
+    | {  # the trade-off knob: a larger c weighs fooling the adapted model more
+        f"{adapt}/whitebox/diva_c{c}": [
+            "attack=diva",
+            f"attack.adaptation={adapt}",
+            f"attack.c={c}",
+            *(["attack.sparsity=0.5"] if adapt == "prune" else []),
+        ]
+        for adapt in ("int8", "prune")
+        for c in (3, 10)
     },
     "uap": {
         "datafree": ["attack=uap_datafree", EPS10, "attack.prior=none"],
@@ -322,7 +332,8 @@ def diva_report(runs: dict[str, dict[str, Any]]) -> list[str]:
         label = f"prune {r['attack_config']['sparsity']:g}" if adapt == "prune" else adapt
         m = r["metrics"]
         rates = ("adapted_success", "evasive_success", "evasive_success_top5", "success_rate", "adapted_clean_accuracy")
-        cells = [label, setting.replace("_", "-"), "DIVA" if name == "diva" else "PGD", count(m.get("n_both_correct"))]
+        shown = "PGD" if name == "pgd" else f"DIVA (c={r['attack_config']['c']:g})"
+        cells = [label, setting.replace("_", "-"), shown, count(m.get("n_both_correct"))]
         rows.append([*cells, *(fmt(m.get(k)) for k in rates), f"{r['wall_s']:.0f}"])
     for adapt in ("int8", "prune"):
         for setting in ("whitebox", "semi_blackbox"):
