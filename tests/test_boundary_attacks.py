@@ -90,7 +90,7 @@ class FakePGAN(Prior):
 
     def __init__(self) -> None:
         super().__init__((1, 28, 28))
-        self.scale_sizes = [7, 14, 28]
+        self.scale_sizes = [(7, 7), (14, 14), (28, 28)]  # (height, width), as PGANPrior
 
     def config(self):
         return {}
@@ -99,8 +99,7 @@ class FakePGAN(Prior):
         return self.sample_at(n, generator, 3)
 
     def sample_at(self, n, generator, scale):
-        side = self.scale_sizes[scale - 1]
-        return torch.randn(n, 1, side, side, generator=generator)
+        return torch.randn(n, 1, *self.scale_sizes[scale - 1], generator=generator)
 
 
 def test_psba_probes_point_towards_the_original_and_come_from_the_chosen_scale():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -174,3 +175,22 @@ def test_fit_is_deterministic(kind: str) -> None:
     a, b, c = fit(0), fit(0), fit(1)
     assert torch.equal(a.sample(3, gen(0)), b.sample(3, gen(0)))
     assert not torch.equal(a.sample(3, gen(0)), c.sample(3, gen(0)))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_psba_runs_on_a_real_pgan_prior(shape: tuple[int, int, int]) -> None:
+    """End to end with the real prior class (its scales are (height, width) pairs), untrained weights."""
+    from advsuite.attacks.boundary import PSBA
+    from advsuite.models import Classifier
+    from advsuite.oracles import LabelOracle
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(shape), 10))
+    model = Classifier(net, num_classes=10, input_shape=shape)
+    x = torch.rand(2, *shape, generator=gen(1))
+    prior = PGANPrior(shape)
+    attack = PSBA(prior=prior, budget=300, verbose=False)
+    assert attack.chosen_scale(prior) == 1  # the side nearest input side / 8: 7 of 28, 4 of 32
+    oracle = LabelOracle(model, 2, 300)
+    result = attack(oracle, x, model.predict(x))
+    assert bool(result.success.all()) and int(oracle.n_queries.max()) <= 300

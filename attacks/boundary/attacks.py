@@ -298,7 +298,8 @@ class PSBA(PriorAttack):
         check_flags(owner, self, "orient")
 
     def chosen_scale(self, prior: Prior) -> int:
-        sizes = [int(s) for s in getattr(prior, "scale_sizes", [])]
+        # a scale is (height, width); its side is the larger
+        sizes = [max(s) if isinstance(s, tuple | list) else int(s) for s in getattr(prior, "scale_sizes", [])]
         if self.scale == "auto":
             return auto_scale(sizes, max(prior.input_shape[1:]))
         if not 1 <= int(self.scale) <= len(sizes):
