@@ -116,7 +116,8 @@ SECTIONS: dict[str, dict[str, list[str]]] = {
     },
     "reversible": {"reversible_patch": ["attack=reversible_patch"]},
 }
-DATA_FREE = ("datafree", "datafree_range", "datafree_data", "divergence", "divergence_data")
+#: the truly data-free variants (the data prior is GD-UAP's reference, not data-free)
+DATA_FREE = ("datafree", "datafree_range", "divergence")
 #: runs that need the transfer models / surrogates
 TRANSFER_RUNS = ("patch/latent", "patch/pixel")
 
