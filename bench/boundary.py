@@ -84,6 +84,7 @@ METHODS: dict[str, list[str]] = {
     "nlba_vae": ["attack=nlba_vae"],
     "nlba_gan": ["attack=nlba_gan"],
     "psba": ["attack=psba"],
+    "psba_scale3": ["attack=psba", "attack.scale=3"],  # 16x16 on CIFAR-10 (auto picks 4x4), 28x28 on MNIST
     "fb_hsja": ["attack=fb_hsja", "attack.per_image=true"],
     "fb_hsja_batched": ["attack=fb_hsja", "attack.per_image=false"],
     "fb_boundary": ["attack=fb_boundary"],
@@ -92,7 +93,7 @@ PRIOR_METHODS = ("qeba_i", "nlba_ae", "nlba_vae", "nlba_gan", "psba")
 #: methods that must beat the HSJA baselines on CIFAR-10 targeted (§10 of the research notes)
 CHALLENGERS = ("qeba_s", "qeba_f", "qeba_i", "nlba_vae", "psba")
 #: also compared with the baselines, but not part of the target
-OTHERS = ("qeba_s_f4", "qeba_f_f4", "nlba_ae", "nlba_gan")
+OTHERS = ("qeba_s_f4", "qeba_f_f4", "nlba_ae", "nlba_gan", "psba_scale3")
 
 
 # ----------------------------------------------------------------------------------- setup
