@@ -467,7 +467,7 @@ TITLES = {
         "Transferable patches: generator manifold vs pixels (victim as black box)",
         "`patch_success`: the victim's prediction changes on the attacked images (one label query each). The "
         "surrogate columns are the surrogates' white-box success on the same patched images, counted over the "
-        "images the victim classified correctly, so a surrogate's own clean errors count as successes there.",
+        "attacked images that surrogate also classifies correctly.",
         patch_report,
     ),
     "reversible": (
