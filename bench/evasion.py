@@ -336,11 +336,12 @@ def diva_report(runs: dict[str, dict[str, Any]]) -> list[str]:
         shown = "PGD" if name == "pgd" else f"DIVA (c={r['attack_config']['c']:g})"
         cells = [label, setting.replace("_", "-"), shown, count(m.get("n_both_correct"))]
         rows.append([*cells, *(fmt(m.get(k)) for k in rates), f"{r['wall_s']:.0f}"])
-    for adapt in ("int8", "prune"):
-        for setting in ("whitebox", "semi_blackbox"):
-            d, p = runs.get(f"diva/{adapt}/{setting}/diva"), runs.get(f"diva/{adapt}/{setting}/pgd")
-            if d is not None and p is not None:
-                checks += diva_checks(f"{adapt}, {setting.replace('_', '-')}", d["metrics"], p["metrics"])
+    for method in SECTIONS["diva"]:
+        adapt, setting, name = method.split("/")
+        d, p = runs.get(f"diva/{method}"), runs.get(f"diva/{adapt}/{setting}/pgd")
+        if name != "pgd" and d is not None and p is not None:
+            where = f"{adapt}, {setting.replace('_', '-')}, c={d['attack_config']['c']:g}"
+            checks += diva_checks(where, d["metrics"], p["metrics"])
     return [*table(head, rows), "", *checks]
 
 
