@@ -16,6 +16,7 @@ from typing import Any
 
 from advsuite.attack import Attack
 from advsuite.evaluation import Evaluation
+from advsuite.leaderboard import EXTRA_METRICS
 from advsuite.models.classifier import Classifier
 from advsuite.plots import plot_distortion_vs_queries, plot_robust_accuracy, save_image_grid
 from advsuite.results import ResultsStore, config_hash, git_commit, package_versions, write_record
@@ -116,6 +117,8 @@ def format_summary(names: dict[str, Any], metrics: dict[str, Any]) -> str:
             rows.append((f"success (MSE <= {metrics['mse_threshold']:g})", by_budget(metrics["success_rate_at"])))
         if isinstance(metrics.get("success_rate_l2_at"), dict):
             rows.append((f"success (L2 <= {metrics['l2_threshold']:g})", by_budget(metrics["success_rate_l2_at"])))
+    # attack-specific metrics (Attack.extra_metrics), e.g. patch_success@0.1, fooling_rate:resnet18
+    rows += [(k, fmt(v)) for k, v in metrics.items() if k.startswith(tuple(EXTRA_METRICS))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

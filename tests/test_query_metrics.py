@@ -6,6 +6,7 @@ The traces are made by hand, so every median, geometric mean and success rate is
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -213,5 +214,7 @@ def test_extra_metrics_join_the_record_and_may_not_shadow_standard_ones(
     ev = evaluate(model, MeasuredAttack(), x, y, verbose=False)
     assert ev.metrics["fooling_rate"] == pytest.approx(4 / 5)  # image 1 is not attacked
     assert ev.metrics["not_a_number"] is None  # stored as missing, never as NaN
+    names = {"dataset": "d", "model": "m", "attack": "a", "access": "label", "threat_model": "l2"}
+    assert re.search(r"^fooling_rate +0\.8$", format_summary(names, ev.metrics), re.M)  # printed after the run
     with pytest.raises(ConfigError, match="success_rate"):
         evaluate(model, MeasuredAttack("success_rate"), x, y, verbose=False)
