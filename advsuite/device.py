@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
 import torch
 
 from advsuite.errors import ConfigError
@@ -24,3 +28,17 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={spec!r} was asked for but no CUDA GPU is available; use device=auto")
     return device
+
+
+def describe_machine() -> str:
+    """CPU model, CPU count, GPU (if any), OS and architecture: what a benchmark record states."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, {platform.system()} {platform.machine()}"

@@ -40,8 +40,6 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +53,7 @@ from scipy.stats import wilcoxon
 
 from advsuite.attack import PrepareContext
 from advsuite.data import as_tensors
-from advsuite.device import resolve_device
+from advsuite.device import describe_machine, resolve_device
 from advsuite.models.zoo import load_model
 from advsuite.oracles import LabelOracle, is_adversarial
 from advsuite.paths import advsuite_home
@@ -97,19 +95,6 @@ OTHERS = ("qeba_s_f4", "qeba_f_f4", "nlba_ae", "nlba_gan", "psba_scale3")
 
 
 # ----------------------------------------------------------------------------------- setup
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, {platform.system()} {platform.machine()}"
 
 
 def config(dataset: str, args: argparse.Namespace, *extra: str) -> Any:
@@ -186,7 +171,7 @@ def run_method(method: str, v: dict[str, Any], mode: str, args: argparse.Namespa
     total = int(oracle.n_queries.sum())
     run = {
         "dataset": v["data_key"], "mode": mode, "method": method, "seed": args.seed,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": describe_machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(model.device),
         "victim": DATASETS[v["data_key"]][1], "victim_overrides": victim_overrides(v["data_key"], args),
         "victim_accuracy": v["accuracy"], "attack_config": config, "budget": budget, "budgets": budgets,

@@ -49,8 +49,6 @@ import datetime
 import fnmatch
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -65,7 +63,7 @@ from omegaconf import OmegaConf
 from advsuite.attack import PrepareContext
 from advsuite.attacks.patch import patch_side
 from advsuite.data import as_tensors
-from advsuite.device import resolve_device
+from advsuite.device import describe_machine, resolve_device
 from advsuite.evaluation import evaluate
 from advsuite.models.archs import build_classifier
 from advsuite.models.zoo import META_FILE, cache_key, entry_dir, load_model, parse_spec
@@ -123,19 +121,6 @@ TRANSFER_RUNS = ("patch/latent", "patch/pixel")
 
 
 # ----------------------------------------------------------------------------------- setup
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, {platform.system()} {platform.machine()}"
 
 
 def config(args: argparse.Namespace, *extra: str) -> Any:
@@ -279,7 +264,7 @@ def run_method(section: str, method: str, v: dict[str, Any], args: argparse.Name
         "overrides": overrides,
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": describe_machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": str(model.device),
