@@ -11,6 +11,7 @@ per-sample targets from the caller (``task=evaluate`` draws them) and fits one p
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -194,13 +195,13 @@ class UniversalPatchAttack(Attack):
 
     # ------------------------------------------------------------------------------------- subclass hooks
 
+    @abc.abstractmethod
     def _patch(self, model: Any, size: float, target: int | None) -> torch.Tensor:
         """The fitted (C, s, s) patch for ``size`` and goal class ``target`` (fitted on first use)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _labels(self, target: Any, x_adv: torch.Tensor) -> torch.Tensor:
         """Top-1 labels of the attacked model on ``x_adv`` (one query per image)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------- attack
 
