@@ -16,11 +16,17 @@ from advsuite.data import DataBundle, ImageArrayDataset
 from advsuite.errors import ConfigError
 from advsuite.models.archs import build_classifier
 from advsuite.priors import PCAPrior, fit_pca, load_prior, prior_from_cache
-from advsuite.priors.gradients import _fetch, assign_batches, gradient_data, input_gradients, load_references
+from advsuite.priors.gradients import (
+    REFERENCE_POOL,
+    _fetch,
+    assign_batches,
+    gradient_data,
+    input_gradients,
+    load_references,
+)
 from advsuite.priors.pca import default_components
 from advsuite.priors.store import (
     KIND_DEFAULTS,
-    REFERENCE_POOL,
     _fit_kwargs,
     cache_key,
     prior_kind,

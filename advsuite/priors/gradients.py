@@ -74,6 +74,34 @@ def model_config(name: str) -> dict[str, Any]:
     return {str(k): v for k, v in loaded.items()}
 
 
+#: the surrogates ``auto`` picks from, cheapest first on a CPU (measured in docs/priors.md); all of them
+#: train in minutes on 28-32 px inputs
+REFERENCE_POOL = ("smallcnn", "resnet18", "cifarcnn")
+#: how many surrogates ``auto`` picks
+AUTO_REFERENCES = 2
+
+
+def surrogate_names(names: Any, victim_arch: str | None, *, key: str, why: str) -> list[Any]:
+    """Surrogate models for an attack or prior: ``auto`` (or null) picks :data:`AUTO_REFERENCES` of
+    :data:`REFERENCE_POOL` whose architecture is not the victim's; a list (zoo names or inline specs) is
+    checked, and one of the victim's architecture is refused (``key`` is the config key to fix, ``why`` the
+    reason given)."""
+    if names is None or names == "auto":
+        return [n for n in REFERENCE_POOL if reference_spec(n)["arch"] != victim_arch][:AUTO_REFERENCES]
+    names = to_plain(names)
+    listed = [names] if isinstance(names, str | Mapping) else names
+    if not isinstance(listed, list) or not listed:
+        raise ConfigError(f"{key} must be `auto` or a non-empty list of zoo model names, got {names!r}")
+    out = [n if isinstance(n, str) else dict(n) for n in listed]
+    for name in out:
+        arch = reference_spec(name)["arch"]
+        if victim_arch is not None and arch == victim_arch:
+            raise ConfigError(
+                f"{name!r} in {key} has the victim's architecture ({arch}): {why}. Drop it from {key} or use {key}=auto"
+            )
+    return out
+
+
 def reference_spec(reference: Reference, recipe_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A zoo model spec for one reference: its config (by name, or inline) with ``recipe_overrides`` on top.
 

@@ -39,7 +39,7 @@ from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
 from advsuite.errors import CheckpointError, ConfigError
 from advsuite.priors.base import Prior
-from advsuite.priors.gradients import SURROGATE_RECIPE
+from advsuite.priors.gradients import SURROGATE_RECIPE, surrogate_names
 from advsuite.training import Recipe
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,6 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "pgan": {"latent_dim": None, "epochs_per_scale": 1.0, "lr": 2e-4, "batch_size": 64},
 }
 
-#: the references ``auto`` picks from, cheapest first on a CPU (measured in docs/priors.md); all of them
-#: build for 1- and 3-channel inputs of 28-32 px and larger
-REFERENCE_POOL = ("smallcnn", "resnet18", "cifarcnn")
-AUTO_REFERENCES = 2
 
 _POSITIVE_INT = ("n_images", "components", "latent_channels", "epochs", "batch_size", "latent_dim")
 _POSITIVE = ("lr", "epochs_per_scale", "kl_weight")
@@ -106,12 +102,6 @@ def prior_kind(kind: str) -> tuple[type[Prior], Callable[..., Prior]]:
 
 
 # ------------------------------------------------------------------------------------------------ spec
-
-
-def _reference_arch(reference: Any) -> str:
-    from advsuite.priors.gradients import reference_spec
-
-    return str(reference_spec(reference)["arch"])
 
 
 def resolve_spec(spec: Mapping[str, Any], victim_arch: str | None = None) -> dict[str, Any]:
@@ -153,24 +143,11 @@ def resolve_spec(spec: Mapping[str, Any], victim_arch: str | None = None) -> dic
 
 
 def _resolve_references(references: Any, victim_arch: str | None) -> list[Any]:
-    if references is None or references == "auto":
-        picked = [name for name in REFERENCE_POOL if _reference_arch(name) != victim_arch][:AUTO_REFERENCES]
-        return picked
-    if isinstance(references, (str, Mapping)):
-        references = [references]
-    if not isinstance(references, list) or not references:
-        raise ConfigError(f"prior.references must be `auto` or a non-empty list of zoo model names, got {references!r}")
-    out = [r if isinstance(r, str) else dict(r) for r in references]
-    for reference in out:
-        arch = _reference_arch(reference)
-        if victim_arch is not None and arch == victim_arch:
-            raise ConfigError(
-                f"prior reference {reference!r} has the victim's architecture ({arch}): a prior is learned from "
-                "surrogate models of other architectures only (as in QEBA/NonLinear-BA/PSBA), otherwise the "
-                "attack would use white-box knowledge of the victim. Drop it from prior.references or use "
-                "prior.references=auto"
-            )
-    return out
+    why = (
+        "a prior is learned from surrogate models of other architectures only (as in QEBA/NonLinear-BA/PSBA), "
+        "otherwise the attack would use white-box knowledge of the victim"
+    )
+    return surrogate_names(references, victim_arch, key="prior.references", why=why)
 
 
 def _dataset_id(data: DataBundle) -> dict[str, Any]:

@@ -46,7 +46,7 @@ success check), which is the per-sample ``queries``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,7 +57,7 @@ from advsuite.configs import to_plain
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle
-from advsuite.priors.gradients import SURROGATE_RECIPE
+from advsuite.priors.gradients import SURROGATE_RECIPE, surrogate_names
 from advsuite.seeding import make_generator
 
 from ..checks import check_choice, check_int, check_number
@@ -72,25 +72,9 @@ PROBE_IMAGES = 256
 
 
 def resolve_surrogates(surrogates: Any, victim_arch: str | None) -> list[Any]:
-    """``auto`` (or null): the first two of the priors' reference pool whose architecture is not the
-    victim's; an explicit list is checked for the victim's architecture (a surrogate of the victim's
-    architecture would leak white-box knowledge into a transfer attack)."""
-    from advsuite.priors.gradients import reference_spec
-    from advsuite.priors.store import AUTO_REFERENCES, REFERENCE_POOL
-
-    if surrogates is None or surrogates == "auto":
-        return [n for n in REFERENCE_POOL if reference_spec(n)["arch"] != victim_arch][:AUTO_REFERENCES]
-    surrogates = to_plain(surrogates)
-    listed = [surrogates] if isinstance(surrogates, str | Mapping) else surrogates
-    if not isinstance(listed, list) or not listed:
-        raise ConfigError(f"surrogates must be `auto` or a non-empty list of zoo model names, got {surrogates!r}")
-    for s in listed:
-        if victim_arch is not None and reference_spec(s)["arch"] == victim_arch:
-            raise ConfigError(
-                f"surrogate {s!r} has the victim's architecture ({victim_arch}); a transfer attack uses other "
-                "architectures only. Drop it from attack.surrogates or use attack.surrogates=auto"
-            )
-    return listed
+    """``auto``: two cheap zoo architectures other than the victim's; a list may not hold the victim's."""
+    why = "a transfer attack uses other architectures only (it would leak white-box knowledge of the victim)"
+    return surrogate_names(surrogates, victim_arch, key="attack.surrogates", why=why)
 
 
 @dataclass

@@ -136,14 +136,10 @@ class UniversalAttack(Attack):
                 raise ConfigError(f"{owner} needs {n} training images; the training split has only {len(x)}")
             self._train = (x, y)
         if self.transfer_models:
-            from advsuite.priors.gradients import load_references, reference_spec
+            from advsuite.priors.gradients import load_references, surrogate_names
 
-            for name in self.transfer_models:
-                if context.victim_arch is not None and reference_spec(name)["arch"] == context.victim_arch:
-                    raise ConfigError(
-                        f"{owner}: transfer model {name!r} has the victim's architecture ({context.victim_arch}); "
-                        "with the same recipe and seed it is the victim itself. Pick models of other architectures."
-                    )
+            why = f"{owner}: with the same recipe and seed it is the victim itself"
+            surrogate_names(self.transfer_models, context.victim_arch, key="attack.transfer_models", why=why)
             models = load_references(
                 self.transfer_models,
                 context.data,
