@@ -26,12 +26,13 @@ tests on log MSE over the common images.
     python bench/boundary.py --dataset mnist --images 4 --budget 1000 --methods hsja,qeba_s,fb_hsja \\
         --fb-images 2 --fb-budget 1000 --json /tmp/boundary-smoke.json       # smoke test, ~1 min
     python bench/boundary.py --markdown                      # the docs/benchmarks.md section, from the JSON
+    python bench/boundary.py --compact                       # one gmean-MSE row per method and track
 
 Victims train with ``train.epochs`` 3 (MNIST) / 5 (CIFAR-10); ``--override cifar10:train.epochs=8`` changes
 one dataset's (a new zoo cache entry), ``--override KEY=VALUE`` every dataset's.
 
 Results accumulate in ``--json`` (default bench/results/boundary.json), keyed dataset/mode/method (a rerun replaces
-its key), written after every method.
+its key), written after every method (re-read first, so concurrent runs on other keys are kept).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ DATASETS: dict[str, tuple[str, str, list[str], tuple[float, float]]] = {
     # would take ~36 min per method; smallcnn (2 conv + 2 fc) is ~20x faster
     "cifar10": ("cifar10_npz", "smallcnn", ["train.epochs=5"], (1e-4, 1e-5)),
 }
+#: prior overrides for the ``*_ref6`` variants: references trained 6 epochs on the whole training split
+STRONG_REFERENCES = ["attack.prior.reference_recipe.epochs=6", "attack.prior.reference_recipe.train_subset=null"]
 #: method -> attack config overrides
 METHODS: dict[str, list[str]] = {
     "hsja": ["attack=hsja"],
@@ -85,15 +88,27 @@ METHODS: dict[str, list[str]] = {
     "nlba_gan": ["attack=nlba_gan"],
     "psba": ["attack=psba"],
     "psba_scale3": ["attack=psba", "attack.scale=3"],  # 16x16 on CIFAR-10 (auto picks 4x4), 28x28 on MNIST
+    # priors from stronger references: 6 epochs on the whole training split instead of 3 on a 10k subset
+    **{f"{m}_ref6": [f"attack={m}", *STRONG_REFERENCES] for m in ("qeba_i", "nlba_vae", "psba")},
     "fb_hsja": ["attack=fb_hsja", "attack.per_image=true"],
     "fb_hsja_batched": ["attack=fb_hsja", "attack.per_image=false"],
     "fb_boundary": ["attack=fb_boundary"],
 }
-PRIOR_METHODS = ("qeba_i", "nlba_ae", "nlba_vae", "nlba_gan", "psba")
+PRIOR_METHODS = ("qeba_i", "nlba_ae", "nlba_vae", "nlba_gan", "psba", "qeba_i_ref6", "nlba_vae_ref6", "psba_ref6")
 #: methods that must beat the HSJA baselines on CIFAR-10 targeted (§10 of the research notes)
 CHALLENGERS = ("qeba_s", "qeba_f", "qeba_i", "nlba_vae", "psba")
 #: also compared with the baselines, but not part of the target
-OTHERS = ("qeba_s_f4", "qeba_f_f4", "qeba_f_p30", "nlba_ae", "nlba_gan", "psba_scale3")
+OTHERS = (
+    "qeba_s_f4",
+    "qeba_f_f4",
+    "qeba_f_p30",
+    "nlba_ae",
+    "nlba_gan",
+    "psba_scale3",
+    "qeba_i_ref6",
+    "nlba_vae_ref6",
+    "psba_ref6",
+)
 
 
 # ----------------------------------------------------------------------------------- setup
@@ -321,6 +336,39 @@ def versus(runs: dict[str, dict[str, Any]], dataset: str, mode: str, baseline: s
     return lines
 
 
+def compact(runs: dict[str, dict[str, Any]], dataset: str, mode: str, baseline: str = "hsja") -> list[str]:
+    """One row per method: gmean MSE per budget and its ratio to ``baseline`` with the one-sided Wilcoxon p."""
+    base = runs.get(f"{dataset}/{mode}/{baseline}")
+    budgets = " / ".join(f"{b // 1000}k" for b in BUDGETS)
+    lines = [f"| method | images | gmean MSE {budgets} | vs {baseline} at {budgets} (one-sided p) | flips |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for method in METHODS:
+        run = runs.get(f"{dataset}/{mode}/{method}")
+        if run is None:
+            continue
+        mses, ratios = [], []
+        for budget in BUDGETS:
+            mses.append(f"{gmean(mse_at(run, budget)):.2e}" if budget in run["budgets"] else "–")
+            p = paired(run, base, budget) if base is not None and method != baseline else None
+            if p is None:
+                ratios.append("–")
+                continue
+            ratio = gmean(p[0]) / gmean(p[1])
+            ratios.append(f"{ratio:.2f} ({signed_rank(*p, 'less' if ratio < 1 else 'greater'):.1g})")
+        vs = "baseline" if method == baseline else " / ".join(ratios)
+        lines.append(f"| {method} | {len(run['images'])} | {' / '.join(mses)} | {vs} | {run['flips']} |")
+    return lines
+
+
+def compact_report(runs: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for dataset in DATASETS:
+        for mode in ("targeted", "untargeted"):
+            if any(k.startswith(f"{dataset}/{mode}/") for k in runs):
+                out += [f"#### {dataset}, {mode}", "", *compact(runs, dataset, mode), ""]
+    return "\n".join(out)
+
+
 def report(runs: dict[str, dict[str, Any]], only: set[tuple[str, str]] | None = None) -> str:
     out = []
     for dataset in DATASETS:
@@ -360,6 +408,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--progress", action="store_true", help="attack progress bars")
     parser.add_argument("--json", type=Path, default=Path("bench/results/boundary.json"))
     parser.add_argument("--markdown", action="store_true", help="only print the report from --json")
+    parser.add_argument("--compact", action="store_true", help="only print one gmean-MSE row per method from --json")
     args = parser.parse_args()
     split = lambda values, default: [v for arg in (values or [default]) for v in arg.split(",") if v]  # noqa: E731
     args.dataset, args.mode = split(args.dataset, "mnist,cifar10"), split(args.mode, "untargeted,targeted")
@@ -370,11 +419,19 @@ def parse() -> argparse.Namespace:
     return args
 
 
+def load_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The recorded runs of ``path`` (empty if it does not exist yet)."""
+    return json.loads(path.read_text())["runs"] if path.exists() else {}
+
+
 def main() -> None:
     args = parse()
-    runs: dict[str, dict[str, Any]] = json.loads(args.json.read_text())["runs"] if args.json.exists() else {}
+    runs = load_runs(args.json)
     if args.markdown:
         print(report(runs))
+        return
+    if args.compact:
+        print(compact_report(runs))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -396,7 +453,8 @@ def main() -> None:
                     print(f"  {run['wall_s']:.1f} s, {sp['s_per_1k']:.3f} s / 1k queries, "
                           f"forward {sp['forward_share']:.0%}, {sp['rows_per_call']:.0f} rows / call, "
                           f"flips {run['flips']}")  # fmt: skip
-                    runs[f"{dataset}/{mode}/{method}"] = run
+                    # re-read before writing: another bench process may have added runs meanwhile
+                    runs = {**load_runs(args.json), f"{dataset}/{mode}/{method}": run}
                     done.add((dataset, mode))
                     args.json.parent.mkdir(parents=True, exist_ok=True)
                     args.json.write_text(json.dumps({"runs": runs}, indent=1))
