@@ -31,7 +31,7 @@ def check_images(
         raise InputError(f"{name} must have shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
     if x.numel() == 0:
         return
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if not (lo >= bounds[0] and hi <= bounds[1]):  # also catches NaN
         raise InputError(
             f"{name} must lie in [{bounds[0]}, {bounds[1]}] (advsuite expects unnormalised images; "

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from hydra import compose, initialize_config_module
 from advsuite.data import DataBundle, ImageArrayDataset
 from advsuite.errors import ConfigError
 from advsuite.models.archs import build_classifier
-from advsuite.priors import PCAPrior, fit_pca, load_prior, prior_from_cache
+from advsuite.priors import PCAPrior, Prior, fit_pca, load_prior, prior_from_cache
+from advsuite.priors.base import probe_spread
 from advsuite.priors.gradients import (
     REFERENCE_POOL,
     _fetch,
@@ -294,9 +296,35 @@ def test_task_prior_from_the_command_line(advsuite_home: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pca prior on mnist5k (trained)" in result.stdout
+    assert "probe spread: effective dimension" in result.stdout and "WARNING" not in result.stdout
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("cached at ")]
     entry = Path(line.split()[2])
     assert entry.parent == advsuite_home / "zoo" / "priors" / "mnist5k"
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["spec"]["references"] == ["smallcnn"] and meta["n_gradients"] <= 64
     assert meta["references"][0]["arch"] == "smallcnn"
+
+
+class _SubspacePrior(Prior):
+    """Gaussian probes in the span of the first ``k`` pixels, plus ``spike`` times one fixed direction."""
+
+    def __init__(self, k: int, spike: float = 0.0) -> None:
+        super().__init__((1, 8, 8))
+        self.k, self.spike = k, spike
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k, "spike": self.spike}
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        out = torch.zeros(n, 64)
+        out[:, : self.k] = torch.randn(n, self.k, generator=generator)
+        out[:, -1] += self.spike
+        return out.view(n, 1, 8, 8)
+
+
+def test_probe_spread_counts_the_directions_probes_explore() -> None:
+    wide = probe_spread(_SubspacePrior(16), n=2000)
+    assert 14 < wide["effective_dim"] <= 16 and 14 <= wide["rank"] <= 16
+    collapsed = probe_spread(_SubspacePrior(16, spike=20.0), n=2000)  # one direction dominates every probe
+    assert collapsed["effective_dim"] < 1.2 and collapsed["rank"] >= 16
+    assert probe_spread(_SubspacePrior(16), n=2000, seed=3) == probe_spread(_SubspacePrior(16), n=2000, seed=3)

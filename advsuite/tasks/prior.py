@@ -16,7 +16,12 @@ from omegaconf import DictConfig
 from advsuite.data.bundle import DataBundle
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
+from advsuite.priors.base import Prior, probe_spread
 from advsuite.priors.store import load_prior
+
+#: a prior whose probes have an effective dimension below this, and below a tenth of the number of directions
+#: they touch at all, has collapsed onto a few of them (a GAN failure mode)
+COLLAPSED_DIM = 10
 
 
 def summarize(info: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +46,7 @@ def summarize(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format(summary: dict[str, Any]) -> str:
-    metrics = summary["metrics"]
+    metrics, spread = summary["metrics"], summary["probe_spread"]
     refs = ", ".join(
         f"{r['reference'] if isinstance(r['reference'], str) else r['arch']} "
         f"({r['clean_accuracy']:.2%}, {r['n_gradients']} gradients)"
@@ -56,9 +61,17 @@ def _format(summary: dict[str, Any]) -> str:
             f"gradients {metrics['gradient_seconds']:.0f} s, fit {metrics['fit_seconds']:.0f} s)"
         )
     config = ", ".join(f"{k}={v}" for k, v in summary["config"].items() if k != "input_shape")
+    collapsed = (
+        f"\nWARNING: the probes explore fewer than {COLLAPSED_DIM} directions (a collapsed generator); attacks "
+        "driven by this prior will stall early. Train it longer (prior.epochs / prior.epochs_per_scale)."
+        if spread["effective_dim"] < min(COLLAPSED_DIM, spread["rank"] / 10)
+        else ""
+    )
     return (
         f"{summary['kind']} prior on {summary['dataset']} ({summary['source']}): {config}\n"
         f"learned from {summary['n_gradients']} gradients of {refs}{timing}\n"
+        f"probe spread: effective dimension {spread['effective_dim']:.0f}, {spread['rank']} directions hold 99.9% "
+        f"of the energy ({spread['samples']} samples){collapsed}\n"
         f"cached at {summary['path']} (sha256 {summary['weights_hash']}, created {summary['created']})"
     )
 
@@ -86,5 +99,7 @@ def run_prior(cfg: DictConfig) -> dict[str, Any]:
         force=bool(cfg.task.get("force", False)),
     )
     summary = summarize(prior.info)  # type: ignore[arg-type]
+    assert isinstance(prior, Prior)
+    summary["probe_spread"] = probe_spread(prior, seed=int(cfg.get("seed", 0)))
     print(_format(summary))
     return summary
