@@ -35,9 +35,10 @@ import torch
 from hydra import initialize_config_module
 
 from advsuite.oracles import LabelOracle
+from advsuite.priors.base import spectrum_spread
 
-DEFAULT_METHODS = ("hsja", "qeba_s", "qeba_f", "qeba_s_f4", "qeba_f_f4", "qeba_i", "nlba_ae", "nlba_vae", "nlba_gan",
-                   "psba", "psba_scale3", "qeba_i_ref6", "nlba_vae_ref6", "psba_ref6")  # fmt: skip
+DEFAULT_METHODS = ("hsja", "qeba_s", "qeba_f", "qeba_s_f4", "qeba_f_f4", "qeba_i", "nlba_ae", "nlba_vae",
+                   "nlba_vae_ref6", "nlba_gan", "psba", "psba_scale3")  # fmt: skip
 
 
 def margin(model: Any, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -75,13 +76,11 @@ def alignment(probes: torch.Tensor, grads: torch.Tensor, energy: float = 0.999) 
     g = grads.double()
     d = u.shape[1]
     gain = float(((u @ g.T) ** 2).mean() * d)
-    _, s, vh = torch.linalg.svd(u, full_matrices=False)
-    lam = s**2
-    rank = int((lam.cumsum(0) / lam.sum() < energy).sum()) + 1
-    basis = vh[:rank]
-    captured = ((g @ basis.T) ** 2).sum(1)
-    eff = float(lam.sum() ** 2 / (lam**2).sum())
-    return {"gain": gain, "rank": rank, "eff_dim": eff, "captured": float(captured.median()), "d": d}
+    _, sv, vh = torch.linalg.svd(u, full_matrices=False)
+    spread = spectrum_spread(sv**2, energy)
+    captured = ((g @ vh[: int(spread["rank"])].T) ** 2).sum(1)
+    return {"gain": gain, "rank": spread["rank"], "eff_dim": spread["effective_dim"],
+            "captured": float(captured.median()), "d": d}  # fmt: skip
 
 
 def measure(method: str, v: dict[str, Any], mode: str, grads: torch.Tensor, args: argparse.Namespace) -> dict:

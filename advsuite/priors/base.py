@@ -60,19 +60,25 @@ class Prior(nn.Module, abc.ABC):
         """
 
 
+def spectrum_spread(eigenvalues: torch.Tensor, energy: float = 0.999) -> dict[str, float]:
+    """``effective_dim`` (participation ratio (sum λ)² / sum λ²) and ``rank`` (how many of the largest
+    eigenvalues hold ``energy`` of the sum) of a probe second-moment spectrum, sorted descending."""
+    lam = eigenvalues.clamp_min(0)
+    rank = int((lam.cumsum(0) / lam.sum() < energy).sum()) + 1
+    return {"effective_dim": float(lam.sum() ** 2 / (lam**2).sum()), "rank": rank}
+
+
 def probe_spread(prior: Prior, n: int = 1000, seed: int = 0, energy: float = 0.999) -> dict[str, float]:
     """How many directions a prior's probes really explore, from ``n`` unit-scaled samples.
 
-    ``effective_dim``: the participation ratio (sum λ)² / sum λ² of the samples' second-moment eigenvalues
-    (k for isotropic probes in a k-dimensional subspace, at most ``n``); ``rank``: the eigenvalues holding
-    ``energy`` of the trace. A GAN-trained generator that collapsed has an effective dimension of a few,
-    which caps how far an attack driven by it can go (bench/prior_alignment.py relates both to the victim's
-    gradient). Uses the n×n Gram matrix, so it is cheap at 224 px too.
+    ``effective_dim``: the participation ratio of the samples' second-moment eigenvalues (k for isotropic
+    probes in a k-dimensional subspace, at most ``n``); ``rank``: the eigenvalues holding ``energy`` of the
+    trace (:func:`spectrum_spread`). A GAN-trained generator that collapsed has an effective dimension of a
+    few, which caps how far an attack driven by it can go (bench/prior_alignment.py relates both to the
+    victim's gradient). Uses the n×n Gram matrix, so it is cheap at 224 px too.
     """
     generator = torch.Generator(prior.device).manual_seed(seed)
     with torch.no_grad():
         u = prior.sample(n, generator).flatten(1).double()
     u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    lam = torch.linalg.eigvalsh(u @ u.T).clamp_min(0).flip(0)
-    rank = int((lam.cumsum(0) / lam.sum() < energy).sum()) + 1
-    return {"effective_dim": float(lam.sum() ** 2 / (lam**2).sum()), "rank": min(rank, n), "samples": n}
+    return {**spectrum_spread(torch.linalg.eigvalsh(u @ u.T).flip(0), energy), "samples": n}

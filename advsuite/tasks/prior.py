@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from advsuite.data.bundle import DataBundle
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
-from advsuite.priors.base import Prior, probe_spread
+from advsuite.priors.base import probe_spread
 from advsuite.priors.store import load_prior
 
 #: a prior whose probes have an effective dimension below this, and below a tenth of the number of directions
@@ -99,7 +99,6 @@ def run_prior(cfg: DictConfig) -> dict[str, Any]:
         force=bool(cfg.task.get("force", False)),
     )
     summary = summarize(prior.info)  # type: ignore[arg-type]
-    assert isinstance(prior, Prior)
     summary["probe_spread"] = probe_spread(prior, seed=int(cfg.get("seed", 0)))
     print(_format(summary))
     return summary
