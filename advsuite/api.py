@@ -20,11 +20,11 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torch import nn
 
-from advsuite.attack import Attack
+from advsuite.attack import Attack, construct_attack
 from advsuite.errors import ConfigError, ModelError
 from advsuite.evaluation import Evaluation, evaluate
 from advsuite.models.checkpoints import weights_hash
-from advsuite.models.classifier import Classifier
+from advsuite.models.classifier import Classifier, eval_mode
 from advsuite.paths import advsuite_home
 from advsuite.recording import RunRecorder, format_summary, run_names, write_artifacts
 
@@ -50,20 +50,21 @@ def wrap_model(
         module = module.to(device)
     name = name or type(module).__name__
     probe_device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    with torch.no_grad():
-        was_training = module.training
-        module.eval()
+    with torch.no_grad(), eval_mode(module):
         try:
             out = module(torch.zeros(2, *input_shape, device=probe_device))
         except Exception as exc:
             raise ModelError(
                 f"model {name!r} raised {type(exc).__name__} on an input of shape {(2, *input_shape)}: {exc}"
             ) from exc
-        finally:
-            module.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != 2:
         seen = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"model {name!r} must return logits of shape (N, num_classes), got {seen} for N=2")
+    if not torch.isfinite(out).all():
+        raise ModelError(
+            f"model {name!r} returned NaN or inf logits for an all-zero input of shape {(2, *input_shape)}; "
+            "check its weights (a corrupt or diverged checkpoint?) and that it was built for this input size"
+        )
     if num_classes is not None and out.shape[1] != num_classes:
         raise ModelError(f"model {name!r} returns {out.shape[1]} logits per image, but num_classes={num_classes}")
     classifier = Classifier(
@@ -104,15 +105,10 @@ def build_attack(attack: str | type[Attack], **options: Any) -> Attack:
         config = _attack_config(attack, seed=options.get("seed", 0), verbose=options.get("verbose", False))
         cls = get_class(str(config.pop("_target_")))
         kwargs = {str(k): v for k, v in config.items()}
+        label = f"attack {attack}"
     else:
-        cls, kwargs = attack, {}
-    if not (isinstance(cls, type) and issubclass(cls, Attack)):
-        raise ConfigError(f"{cls!r} is not an advsuite Attack")
-    valid = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(kwargs) | set(options)
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise ConfigError(f"{cls.__name__} has no option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
-    return cls(**{**kwargs, **options})
+        cls, kwargs, label = attack, {}, getattr(attack, "__name__", repr(attack))
+    return construct_attack(cls, {**kwargs, **options}, label)
 
 
 def evaluate_and_record(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 
+from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle, ScoreOracle
 
@@ -86,6 +90,35 @@ class AttackResult:
             trace=move(self.trace),
             extras=self.extras,
         )
+
+
+def attack_options(cls: type[Attack]) -> list[str]:
+    """The options an attack class takes: its dataclass fields set at construction (not its private state)."""
+    if not dataclasses.is_dataclass(cls):
+        raise ConfigError(f"{cls.__name__} is not a dataclass: an advsuite Attack declares its options as fields")
+    return sorted(f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_"))
+
+
+def construct_attack(cls: Any, options: Mapping[str, Any], label: str) -> Attack:
+    """``cls(**options)`` after checking that ``cls`` is an Attack and knows every option.
+
+    ``label`` names the attack in messages (its config name, e.g. ``attack pgd``). An unknown option
+    gets the list of valid ones and the closest match; a bad value gets the attack's own message.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ConfigError(f"{label}: {cls!r} is not an advsuite Attack")
+    valid = attack_options(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, valid, 1)) else repr(k)
+            for k in unknown
+        ]
+        raise ConfigError(f"{label} has no option {', '.join(hints)}; valid options: {', '.join(valid)}")
+    try:
+        return cls(**options)
+    except TypeError as exc:  # e.g. a required option left out
+        raise ConfigError(f"{label}: {exc}; valid options: {', '.join(valid)}") from exc
 
 
 class Attack(abc.ABC):

@@ -14,11 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 from advsuite.attack import Attack, AttackResult, distances
-from advsuite.errors import ConfigError
+from advsuite.errors import ConfigError, InputError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle, ScoreOracle, is_adversarial
 from advsuite.plots import distance_at_queries, quantiles_with_inf
 from advsuite.results.record import finite_number
+from advsuite.validation import check_images, check_labels
 
 # a fixed-epsilon result counts only if its perturbation is inside the ball (float slack)
 EPS_TOLERANCE = 1e-5
@@ -210,6 +211,7 @@ def evaluate(
     for name, value in (("mse_threshold", mse_threshold), ("l2_threshold", l2_threshold)):
         if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name} must be a non-negative number or None, got {value!r}")
+    _check_inputs(model, x, y, targets, starting_points)
     x, y = x.cpu(), y.cpu()
     targets = None if targets is None else targets.cpu()
     starting_points = None if starting_points is None else starting_points.cpu()
@@ -346,6 +348,28 @@ def evaluate(
         oracle_stats=oracle_stats,
         traced=traced,
     )
+
+
+def _check_inputs(
+    model: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor | None,
+    starting_points: torch.Tensor | None,
+) -> None:
+    """One clear error for inputs that do not fit together, before anything runs."""
+    check_images(x, bounds=model.bounds, shape=model.input_shape, name="x")
+    if len(x) == 0:
+        raise InputError("x holds no images: give at least one image to evaluate")
+    check_labels(y, len(x), model.num_classes, name="y (one label per image in x)")
+    if targets is not None:
+        check_labels(targets, len(x), model.num_classes, name="targets (one per image in x)")
+    if starting_points is not None:
+        check_images(starting_points, bounds=model.bounds, shape=model.input_shape, name="starting_points")
+        if len(starting_points) != len(x):
+            raise InputError(
+                f"starting_points must hold one image per image in x ({len(x)}), got {len(starting_points)}"
+            )
 
 
 def _spread(

@@ -355,7 +355,7 @@ class _Column:
 
 
 def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
-    """The table's columns: fixed ones plus one per attack found in ``rows``."""
+    """The flat table's columns (Markdown, CSV): fixed ones plus one per attack and metric found in ``rows``."""
     robust = sorted({a for row in rows for a in row["robust_accuracy"]})
     minimising = sorted({a for row in rows for a in row["success_rate"]})
     cols = [
@@ -376,12 +376,104 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
         cols.append(_Column(f"median_l2:{a}", f"{a} median L2", _getter("median_l2", a), "dist"))
     for metric, title in EXTRA_METRICS.items():
         for a in sorted({a for row in rows for a in row["extra"].get(metric, {})}):
-            cols.append(_Column(f"{metric}:{a}", f"{a} {title}", _extra_getter(metric, a), "acc"))
+            # "patch success" for attack patch, not "patch patch success"
+            header = title if title.split()[0] == a else f"{a} {title}"
+            cols.append(_Column(f"{metric}:{a}", header, _extra_getter(metric, a), "acc"))
     cols += [
         _Column("n_examples", "n", lambda r: r["n_examples"], "count"),
         _Column("median_queries", "Queries", lambda r: r["queries"], "queries", False),
         _Column("date", "Date", lambda r: r["date"], "text", False),
         _Column("versions", "Versions", lambda r: r["versions"], "text", False),
+    ]
+    return cols
+
+
+def blocks(rows: Sequence[LeaderboardRow]) -> list[tuple[str, list[LeaderboardRow]]]:
+    """The ranked rows split into their (dataset, threat model, epsilon) blocks, each with a heading."""
+    out: list[tuple[str, list[LeaderboardRow]]] = []
+    current: tuple[str, str, float | None] | None = None
+    for row in rows:
+        key = (row["dataset"], row["threat_model"], row["epsilon"])
+        if key != current:
+            eps = "no fixed ε (minimisation attacks)" if key[2] is None else f"ε = {_format(key[2], 'eps')}"
+            out.append((f"{key[0]} · {key[1]} · {eps}", []))
+            current = key
+        out[-1][1].append(row)
+    return out
+
+
+def ranking_columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
+    """One block's ranking table (HTML): the block's heading names dataset, threat model and epsilon, and
+    each attack gets one column, its robust accuracy, only when it ran in this block."""
+    robust = sorted({a for row in rows for a in row["robust_accuracy"]})
+    cols = [
+        _Column("rank", "Rank", lambda r: r["rank"], "count"),
+        _Column("model", "Model", lambda r: r["model"], "text", False),
+        _Column("defense", "Defense", lambda r: r["defense"], "text", False),
+        _Column("clean_accuracy", "Clean acc.", lambda r: r["clean_accuracy"], "acc"),
+        _Column("worst_case_robust_accuracy", "Worst-case robust acc.", lambda r: r["worst_case"], "acc"),
+        _Column("worst_attack", "Worst attack", lambda r: r["worst_attack"], "text", False),
+    ]
+    cols += [_Column(f"robust_accuracy:{a}", a, _getter("robust_accuracy", a), "acc") for a in robust]
+    cols += [
+        _Column("n_examples", "n", lambda r: r["n_examples"], "count"),
+        _Column("date", "Date", lambda r: r["date"], "text", False),
+    ]
+    return cols
+
+
+class DetailRow(TypedDict):
+    """One attack's numbers in one ranking row (the HTML page's per-block detail table)."""
+
+    model: str
+    defense: str
+    attack: str
+    robust_accuracy: float | None
+    success_rate: float | None
+    median_l2: float | None
+    queries: float | None
+    extra: dict[str, float | None]
+
+
+def attack_details(rows: Sequence[LeaderboardRow]) -> list[DetailRow]:
+    """Long format of a block: one row per (model, defense, attack), with the attack-specific metrics."""
+    out = []
+    for row in rows:
+        attacks = sorted(
+            {*row["robust_accuracy"], *row["success_rate"], *(a for m in row["extra"].values() for a in m)}
+        )
+        for a in attacks:
+            out.append(
+                DetailRow(
+                    model=row["model"],
+                    defense=row["defense"],
+                    attack=a,
+                    robust_accuracy=row["robust_accuracy"].get(a),
+                    success_rate=row["success_rate"].get(a),
+                    median_l2=row["median_l2"].get(a),
+                    queries=row["queries"].get(a),
+                    extra={m: values[a] for m, values in row["extra"].items() if a in values},
+                )
+            )
+    return out
+
+
+def detail_columns(details: Sequence[DetailRow]) -> list[_Column]:
+    """The detail table's columns: the standard ones, then one per attack-specific metric present."""
+    cols = [
+        _Column("model", "Model", lambda r: r["model"], "text", False),
+        _Column("defense", "Defense", lambda r: r["defense"], "text", False),
+        _Column("attack", "Attack", lambda r: r["attack"], "text", False),
+        _Column("robust_accuracy", "Robust acc.", lambda r: r["robust_accuracy"], "acc"),
+        _Column("success_rate", "Success rate", lambda r: r["success_rate"], "acc"),
+        _Column("median_l2", "Median L2", lambda r: r["median_l2"], "dist"),
+        _Column("median_queries", "Median queries", lambda r: r["queries"], "count"),
+    ]
+    present = {m for d in details for m in d["extra"]}
+    cols += [
+        _Column(m, title, (lambda key: lambda r: r["extra"].get(key))(m), "acc")
+        for m, title in EXTRA_METRICS.items()
+        if m in present
     ]
     return cols
 
@@ -493,43 +585,98 @@ def _md_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; max-width: 1400px; }
+h2 { font-size: 1.1em; margin: 1.6em 0 0.4em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
+th { background: #f3f3f3; position: sticky; top: 0; z-index: 1; cursor: pointer; vertical-align: bottom;
+     max-width: 8em; }
+th[aria-sort="ascending"]::after { content: " ▲"; }
+th[aria-sort="descending"]::after { content: " ▼"; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.txt { white-space: nowrap; }
+details { margin: 0.6em 0; } summary { cursor: pointer; color: #333; font-size: 0.9em; }
+p.note { color: #555; font-size: 0.85em; max-width: 60em; }
+"""
+# Click a header to sort by it (again to reverse); cells carry their raw value, missing ones sort last.
+_SORT_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  var heads = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads, function (th, col) {
+    th.addEventListener("click", function () {
+      var up = th.getAttribute("aria-sort") !== "ascending";
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", up ? "ascending" : "descending");
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value;
+        if (x === "" || y === "") { return (x === "") - (y === ""); }
+        var nx = Number(x), ny = Number(y);
+        var order = isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny;
+        return up ? order : -order;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
 def render_html(
     rows: Sequence[LeaderboardRow], title: str = "advsuite leaderboard", query_rows: Sequence[QueryRow] = ()
 ) -> str:
-    """A standalone HTML page holding the table (and the query table when ``query_rows``); escaped."""
-    query = ""
+    """A standalone HTML page: one sortable table per (dataset, threat model, epsilon) block under its own
+    heading, each with only the attacks run there, then the query table when ``query_rows``; escaped,
+    no external files."""
+    parts = []
+    for heading, block in blocks(rows) or [("no results", [])]:
+        parts.append(f"<h2>{html.escape(heading)}</h2>\n" + _html_table(ranking_columns(block), block))
+        details = attack_details(block)
+        if any(d["robust_accuracy"] is None or d["queries"] is not None or d["extra"] for d in details):
+            parts.append(
+                f"<details open><summary>Each attack in {html.escape(heading)}</summary>\n"
+                + _html_table(detail_columns(details), details)
+                + "</details>\n"
+            )
+        versions = sorted({row["versions"] for row in block} - {""})
+        if versions:
+            parts.append(f'<p class="note">Versions: {html.escape("; ".join(versions))}</p>\n')
+    parts.append(f'<p class="note">{html.escape(NOTE)}</p>\n')
     if query_rows:
-        query = (
+        parts.append(
             f"<h2>{html.escape(QUERY_TITLE)}</h2>\n"
             + _html_table(query_columns(query_rows), query_rows)
-            + f"<p>{html.escape(QUERY_NOTE)}</p>\n"
+            + f'<p class="note">{html.escape(QUERY_NOTE)}</p>\n'
         )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n"
-        "<style>\n"
-        "body { font-family: system-ui, sans-serif; margin: 2em; }\n"
-        "table { border-collapse: collapse; }\n"
-        "th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }\n"
-        "th { background: #f3f3f3; }\n"
-        "td.num { text-align: right; font-variant-numeric: tabular-nums; }\n"
-        "</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n" + _html_table(columns(rows), rows) + f"<p>{html.escape(NOTE)}</p>\n"
-        f"{query}"
+        f"<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n" + "".join(parts) + f"<script>{_SORT_SCRIPT}</script>\n"
         "</body>\n</html>\n"
     )
 
 
 def _html_table(cols: Sequence[_Column], rows: Sequence[Any]) -> str:
-    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in cols)
+    # long attack names may break after an underscore, nowhere else
+    head = "".join(
+        f'<th scope="col" title="{html.escape(c.key)}">{html.escape(c.title).replace("_", "_<wbr>")}</th>' for c in cols
+    )
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="{"num" if c.numeric else "txt"}">{html.escape(_format(c.get(row), c.kind))}</td>' for c in cols
+            f'<td class="{"num" if c.numeric else "txt"}" data-value="{html.escape(_raw(c.get(row), c.kind))}">'
+            f"{html.escape(_format(c.get(row), c.kind))}</td>"
+            for c in cols
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n"
+    return (
+        f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody>\n</table>\n"
+    )
 
 
 def render_csv(rows: Sequence[LeaderboardRow]) -> str:

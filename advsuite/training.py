@@ -257,6 +257,20 @@ def evaluate_accuracy(
 
 # ------------------------------------------------------------------------------------------------ train
 
+#: steps timed before the whole training's duration is estimated and printed
+ESTIMATE_AFTER_STEPS = 3
+
+
+def _estimate(name: str, seconds: float, steps: int, total: int, recipe: Recipe, n_train: int) -> str:
+    """One line: how long the whole training will take at the first steps' pace, and how to make it shorter."""
+    left = seconds / steps * total
+    when = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+    return (
+        f"training {name}: {recipe.epochs} epochs x {total // recipe.epochs} steps on {n_train:,} images, "
+        f"about {when} in all at the first steps' pace (shorter: train.epochs=N, train.train_subset=N; "
+        "the trained model is cached for later runs)"
+    )
+
 
 def train_classifier(
     model: Classifier,
@@ -315,6 +329,8 @@ def train_classifier(
                 seen += len(yb)
                 steps += 1
                 bar.update(1)
+                if verbose and steps == ESTIMATE_AFTER_STEPS and total > 2 * steps:
+                    tqdm.write(_estimate(model.name, time.perf_counter() - start, steps, total, recipe, n_train))
                 if verbose and (steps % 10 == 0 or seen >= n_train):
                     bar.set_postfix(
                         epoch=epoch + 1, loss=f"{float(loss_sum) / seen:.3f}", acc=f"{float(correct) / seen:.3f}"

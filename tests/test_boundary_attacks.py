@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ from advsuite.errors import ConfigError, InputError
 from advsuite.models import Classifier
 from advsuite.oracles import LabelOracle, is_adversarial
 from advsuite.priors.base import Prior
+
+# statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
+pytestmark = pytest.mark.numerics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
@@ -147,10 +151,13 @@ def test_every_query_is_counted_and_every_result_was_answered_adversarial(
 
 
 def test_more_queries_give_smaller_distortion(tiny_model: Classifier, test_batch: Batch):
-    x, y = test_batch[0][:4], test_batch[1][:4]
+    """Paired over 8 images: 7.5x the budget shrinks the MSE on (nearly) every image (seen: 0.32x, 8 of 8)."""
+    x, y = test_batch[0][:8], test_batch[1][:8]
     short, _ = run(QEBA_S(budget=200, verbose=False), tiny_model, x, y)
     long, _ = run(QEBA_S(budget=1500, verbose=False), tiny_model, x, y)
-    assert float(mse(long).median()) < 0.5 * float(mse(short).median())
+    ratio = mse(long) / mse(short)
+    assert int((ratio < 1).sum()) >= 7, ratio
+    assert float(ratio.log().mean().exp()) < 0.6, ratio
 
 
 def test_a_budget_too_small_to_start_returns_the_images_unchanged(tiny_model: Classifier, test_batch: Batch):
@@ -189,12 +196,16 @@ def test_results_are_deterministic_and_batch_invariant(tiny_model: Classifier, t
 
 
 def test_native_hsja_matches_per_image_foolbox(tiny_model: Classifier, test_batch: Batch):
-    """Same images, same budget, HSJA paper constants: median MSE within 30% (8 images; bench: 10%)."""
-    x, y = test_batch[0][:8], test_batch[1][:8]
+    """Same 16 images, same budget, HSJA paper constants: the paired geometric-mean MSE ratio is within 30%
+    of 1, widened by two standard errors of the mean log ratio (seen: 1.14, SE 0.08 on this CPU's kernels
+    and on AVX2 and default ones). A ratio of medians over 8 images swung from 1.0 to 1.75 between kernels;
+    the bench compares 50 images per track."""
+    x, y = test_batch
     native, _ = run(HSJA(budget=1000, verbose=False), tiny_model, x, y)
     reference, _ = run(FoolboxHSJA(budget=1000, verbose=False), tiny_model, x, y)
-    ratio = float(mse(native).median()) / float(mse(reference).median())
-    assert 0.7 < ratio < 1.3, ratio
+    log_ratio = (mse(native) / mse(reference)).log()
+    standard_error = float(log_ratio.std()) / len(log_ratio) ** 0.5
+    assert abs(float(log_ratio.mean())) < math.log(1.3) + 2 * standard_error, log_ratio.exp()
 
 
 def test_inputs_of_224_pixels_work():

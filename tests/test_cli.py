@@ -37,6 +37,7 @@ def test_readme_run_command_on_the_embedded_default(readme_run: subprocess.Compl
     assert record["names"]["dataset"] == "mnist5k" and record["names"]["model"] == "smallcnn"
     metrics = record["metrics"]
     assert metrics["n_examples"] == 100
+    assert sorted(record["per_sample"]["label"]) == sorted(list(range(10)) * 10)  # a class-mixed sample
     assert metrics["clean_accuracy"] >= 0.95
     curve = list(metrics["robust_accuracy_by_eps"].values())
     assert curve == sorted(curve, reverse=True) and curve[-1] < 0.5 * metrics["clean_accuracy"]
@@ -82,3 +83,16 @@ def test_unknown_option_fails_with_the_valid_choices(advsuite_home: Path) -> Non
     result = advsuite(advsuite_home, "model=no_such_model")
     assert result.returncode != 0
     assert "no_such_model" in result.stderr and "smallcnn" in result.stderr
+
+
+def test_a_sweep_sets_attack_options_with_the_plain_syntax(readme_run, advsuite_home: Path) -> None:
+    args = ("-m", "attack=hsja,qeba_s,pgd", "attack.budget=120", "n_samples=3", "seed=11")
+    result = advsuite(advsuite_home, *args)
+    assert result.returncode == 1  # pgd has no budget: that job fails with the valid options ...
+    assert "attack pgd has no option 'budget'; valid options: eps" in result.stderr
+    assert "Traceback" not in result.stderr
+    runs = {r["names"]["attack"]: r for r in records(advsuite_home) if r["seed"] == 11}
+    for name in ("hsja", "qeba_s"):  # ... and the others ran with the option set
+        assert runs[name]["status"] == "finished" and runs[name]["config"]["attack"]["budget"] == 120
+        assert 0 < max(runs[name]["per_sample"]["queries"]) <= 120
+    assert runs["pgd"]["status"] == "failed" and "no option 'budget'" in runs["pgd"]["error"]

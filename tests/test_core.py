@@ -40,7 +40,7 @@ def linear_classifier(**kwargs: object) -> Classifier:
     [
         (torch.rand(2, 3, 4, 4) * 2, "must lie in [0.0, 1.0]"),
         (torch.rand(2, 3, 4, 4) - 1, "must lie in [0.0, 1.0]"),
-        (torch.full((1, 3, 4, 4), float("nan")), "must lie in"),
+        (torch.full((1, 3, 4, 4), float("nan")), "contain NaN values"),
         (torch.rand(3, 4, 4), "must have shape (N, 3, 4, 4)"),
         (torch.rand(2, 1, 4, 4), "must have shape (N, 3, 4, 4), got (2, 1, 4, 4)"),
         (torch.randint(0, 255, (2, 3, 4, 4)), "must be a float tensor"),

@@ -23,12 +23,15 @@ from advsuite.data import (
     as_tensors,
     data_root,
     imagefolder_dataset,
+    mnist5k,
     npz_dataset,
     torchvision_dataset,
     torchvision_sets,
 )
+from advsuite.data.bundle import class_mixed_order
 from advsuite.data.torchvision_sets import SPECS
 from advsuite.errors import ConfigError, DatasetNotFoundError, InputError, OfflineError
+from advsuite.tasks.evaluate import warn_if_unmixed
 
 # CI keeps the real data beside the checkout; the product reaches it only through root/ADVSUITE_DATA.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -240,7 +243,7 @@ def test_npz_shuffle_is_seeded_per_split(tmp_path: Path) -> None:
     ("x", "y", "match"),
     [
         (np.full((4, 8, 8, 3), 1.5, dtype=np.float32), np.arange(4), r"\[0, 1\]"),
-        (np.full((4, 8, 8, 3), np.nan, dtype=np.float32), np.arange(4), r"\[0, 1\]"),
+        (np.full((4, 8, 8, 3), np.nan, dtype=np.float32), np.arange(4), "NaN"),
         (np.zeros((4, 8, 8, 3), dtype=np.uint8), np.arange(3), "expected 4 labels"),
         (np.zeros((4, 8, 8, 3), dtype=np.int32), np.arange(4), "uint8"),
         (np.zeros((4, 8, 8, 3), dtype=np.uint8), np.arange(4).astype(np.float32), "integer"),
@@ -357,3 +360,48 @@ def test_dataset_config_instantiates(name: str, tmp_path: Path, shared_config: C
     assert isinstance(bundle, DataBundle) and bundle.name == name
     x, _ = as_tensors(bundle.test, 1)
     assert tuple(x.shape[1:]) == bundle.input_shape and len(bundle.mean) == bundle.input_shape[0]
+
+
+# -- evaluation order: the first n test images mix classes -------------------------------------------
+
+
+def covered_in_first(bundle: DataBundle, n: int = 100) -> set[int]:
+    return set(as_tensors(bundle.test, n)[1].tolist())
+
+
+def test_the_embedded_test_split_takes_classes_in_turns(mnist: DataBundle) -> None:
+    # stored class by class, it used to give 100 zeros; now every run of 10 holds each digit once
+    labels = as_tensors(mnist.test)[1]
+    assert sorted(labels[:100].tolist()) == sorted(list(range(10)) * 10)
+    assert all(sorted(labels[i : i + 10].tolist()) == list(range(10)) for i in range(0, 1000, 10))
+    assert torch.equal(labels, as_tensors(mnist5k().test)[1])  # fixed: the same order every time
+
+
+def test_first_100_test_images_of_every_loader_cover_every_class(tmp_path: Path) -> None:
+    """Every loader, fed data stored class by class, evaluates a class-mixed sample by default."""
+    x = np.repeat(np.arange(10, dtype=np.uint8), 30)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    y = np.repeat(np.arange(10), 30)  # 300 images, sorted by class
+    write_npz(tmp_path / "sorted.npz", x=x, y=y)
+    bundles = {
+        "mnist5k": mnist5k(),
+        "npz": npz_dataset(train="sorted.npz", test="sorted.npz", root=str(tmp_path)),
+        "mnist": torchvision_dataset("mnist", root=str(require_shared())),
+    }
+    make_folder(tmp_path, "val", {str(c): (c, c, c) for c in range(10)}, [(4, 4)] * 12)
+    bundles["imagefolder"] = imagefolder_dataset(root=str(tmp_path), train=None, image_size=4, resize=4)
+    for name, bundle in bundles.items():
+        assert covered_in_first(bundle) == set(range(10)), name
+    # a user who keeps file order (shuffle_seed=None) gets it, and the evaluation says so
+    in_file_order = npz_dataset(train="sorted.npz", test="sorted.npz", root=str(tmp_path), shuffle_seed=None)
+    labels = as_tensors(in_file_order.test, 100)[1]
+    assert covered_in_first(in_file_order) == {0, 1, 2, 3}
+    with pytest.warns(RuntimeWarning, match="cover only 4 of 10 classes"):
+        warn_if_unmixed(labels, 10, "sorted")
+
+
+def test_class_mixed_order_is_a_seeded_permutation() -> None:
+    y = torch.tensor([2] * 7 + [0] * 3 + [1] * 5)
+    order = class_mixed_order(y, seed=5)
+    assert sorted(order.tolist()) == list(range(15))
+    assert torch.equal(order, class_mixed_order(y, seed=5)) and not torch.equal(order, class_mixed_order(y, seed=6))
+    assert sorted(y[order][:9].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # three rounds of every class

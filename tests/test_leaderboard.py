@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 
 from advsuite.errors import ConfigError
 from advsuite.leaderboard import (
+    blocks,
     build_leaderboard,
     build_query_table,
     render_csv,
@@ -139,15 +141,16 @@ def test_renderers_contain_expected_cells() -> None:
 
     page = render_html(rows)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert "<th>Worst-case robust acc.</th>" in page
-    assert '<td class="num">80.00%</td>' in page and '<td class="txt">zoo:c@abcdef12</td>' in page
+    assert '<th scope="col" title="worst_case_robust_accuracy">Worst-case robust acc.</th>' in page
+    assert '<td class="num" data-value="0.8">80.00%</td>' in page
+    assert '<td class="txt" data-value="zoo:c@abcdef12">zoo:c@abcdef12</td>' in page
 
 
 def test_values_are_escaped() -> None:
     evil = rec("x", "<script>alert(1)</script>", "pgd", 0.5, defense="a|b & c")
     rows = build_leaderboard([evil])
     page = render_html(rows)
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "a|b &amp; c" in page
     md = render_markdown(rows)
     assert "a\\|b & c" in md and md.splitlines()[2].count(" | ") == md.splitlines()[0].count(" | ")
@@ -306,8 +309,8 @@ def test_query_table_rows_and_rendering() -> None:
         ("zoo:c@abcdef12", None),
     ]
     page = render_html(build_leaderboard(everything), query_rows=rows)
-    assert "<h2>Query efficiency (decision-based attacks)</h2>" in page and "<th>median MSE @10k</th>" in page
-    assert "<h2>" not in render_html(build_leaderboard(everything))
+    assert "<h2>Query efficiency (decision-based attacks)</h2>" in page and ">median MSE @10k</th>" in page
+    assert "Query efficiency" not in render_html(build_leaderboard(everything))
 
 
 def fake_traces(n: int, start: float, seed: int) -> list[torch.Tensor]:
@@ -380,3 +383,81 @@ def test_attack_specific_metrics_get_a_column_per_attack() -> None:
     assert "pgd fooling rate" not in table
     header, values = (line.split(",") for line in render_csv(rows).splitlines()[:2])
     assert dict(zip(header, values, strict=True))["fooling_rate:uap_datafree"] == "0.62"
+
+
+class _Tables(HTMLParser):
+    """Collects each table's header titles and its rows' cells, and the h2 before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[dict[str, Any]] = []
+        self.headings: list[str] = []
+        self.scripts = ""
+        self._in: str | None = None
+        self._text = ""
+        self._body = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append({"heading": self.headings[-1] if self.headings else None, "head": [], "rows": []})
+        elif tag == "tbody":
+            self._body = True
+        elif tag == "tr" and self._body:
+            self.tables[-1]["rows"].append([])
+        if tag in ("th", "td", "h2", "script"):
+            self._in, self._text = tag, ""
+
+    def handle_data(self, data: str) -> None:
+        if self._in:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self._body = False
+        if tag != self._in:
+            return
+        if tag == "th":
+            self.tables[-1]["head"].append(self._text)
+        elif tag == "td":
+            self.tables[-1]["rows"][-1].append(self._text)
+        elif tag == "h2":
+            self.headings.append(self._text)
+        elif tag == "script":
+            self.scripts += self._text
+        self._in = None
+
+
+def test_html_page_has_one_sortable_table_per_block_with_only_its_attacks() -> None:
+    extra = [
+        rec("p-patch", "p", "patch", 0.4, dataset="cifar10", patch_success=0.6),
+        rec("p-gan", "p", "patch_gan", 0.5, dataset="cifar10", patch_success=0.3),
+    ]
+    rows = build_leaderboard(records() + extra)
+    page = render_html(rows)
+    parsed = _Tables()
+    parsed.feed(page)
+    block_titles = [b[0] for b in blocks(rows)]
+    ranking = [t for t in parsed.tables if t["head"][0] == "Rank"]
+    details = [t for t in parsed.tables if t["head"][:3] == ["Model", "Defense", "Attack"]]
+    assert len(ranking) + len(details) == len(parsed.tables)
+    assert [t["heading"] for t in ranking] == block_titles  # one ranking table under each block's heading
+    assert block_titles == [
+        "cifar10 · linf · ε = 0.3",
+        "mnist5k · linf · ε = 0.1",
+        "mnist5k · linf · ε = 0.2",
+        "mnist5k · linf · ε = 0.3",
+    ]
+    for table in parsed.tables:
+        assert table["rows"] and all(len(row) == len(table["head"]) for row in table["rows"]), table
+    assert all(t["rows"][0][0] == "1" for t in ranking)  # ranks start at 1 in every block
+    cifar, _, _, mnist_03 = ranking
+    assert cifar["head"][6:-2] == ["patch", "patch_gan", "pgd"]  # a column per attack run in this block
+    assert mnist_03["head"][6:-2] == ["pgd", "square"]
+    # attack-specific metrics only in the detail table of the block they belong to, titled once
+    cifar_details, mnist_details = details
+    assert "patch success" in cifar_details["head"] and "patch success" not in mnist_details["head"]
+    assert ["zoo:a", "none", "qeba", "–", "90.00%", "1.234", "1000"] in mnist_details["rows"]
+    assert len(max(parsed.tables, key=lambda t: len(t["head"]))["head"]) <= 16  # fits a 1,400 px window
+    # sortable by plain JavaScript in the page (no CDN), headers stick while scrolling
+    assert 'addEventListener("click"' in parsed.scripts and "aria-sort" in parsed.scripts
+    assert "position: sticky" in page and "<script src" not in page and "http" not in parsed.scripts

@@ -14,6 +14,9 @@ from advsuite.priors.base import Prior
 from advsuite.priors.gan import GANPrior, fit_gan
 from advsuite.priors.pgan import PGANPrior, fit_pgan
 
+# statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
+pytestmark = pytest.mark.numerics
+
 CLASSES = [AEPrior, VAEPrior, GANPrior, PGANPrior]
 SHAPES = [(1, 28, 28), (3, 32, 32), (2, 29, 23)]
 

@@ -36,6 +36,9 @@ from advsuite.priors.store import (
     resolve_spec,
 )
 
+# statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
+pytestmark = pytest.mark.numerics
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Two tiny references (both smallcnn-shaped, so no test trains a big network) and a recipe of a few steps.

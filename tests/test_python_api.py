@@ -76,3 +76,31 @@ def test_exhausted_budget_is_a_recorded_failure_not_a_crash(tiny_model, test_bat
     ev = advsuite.evaluate(tiny_model, advsuite.build_attack("fb_hsja", budget=5), x[:3], y[:3], verbose=False)
     assert ev.per_sample["queries"] == [5, 5, 5]
     assert ev.metrics["flips"] == 0  # whatever it claims was verified by the oracle
+
+
+def test_unknown_options_list_only_public_ones() -> None:
+    with pytest.raises(ConfigError, match=r"no option 'sise' \(did you mean 'size'\?\); valid options: ") as caught:
+        advsuite.build_attack("patch", sise=0.1)
+    assert "_cache" not in str(caught.value) and "_data" not in str(caught.value) and "fit_log" not in str(caught.value)
+    assert "target_class" in str(caught.value)
+
+
+def test_a_model_with_nan_outputs_is_refused_when_wrapped() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        net[1].bias.fill_(float("nan"))
+    with pytest.raises(ModelError, match="NaN or inf logits"):
+        advsuite.wrap_model(net, input_shape=(1, 2, 2))
+
+
+def test_evaluate_says_what_does_not_fit(tiny_model) -> None:
+    from advsuite.errors import InputError
+
+    attack = advsuite.build_attack("fgsm")
+    x = torch.rand(4, 1, 28, 28)
+    with pytest.raises(InputError, match=r"one label per image in x\) must have shape \(4,\), got \(3,\)"):
+        advsuite.evaluate(tiny_model, attack, x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(InputError, match="holds no images"):
+        advsuite.evaluate(tiny_model, attack, x[:0], torch.zeros(0, dtype=torch.long))
+    with pytest.raises(InputError, match="contain NaN values"):
+        advsuite.evaluate(tiny_model, attack, torch.full_like(x, float("nan")), torch.zeros(4, dtype=torch.long))

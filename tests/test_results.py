@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -202,11 +203,12 @@ def test_index_finished_and_filters(tmp_path: Path) -> None:
     assert latest is not None and latest["run_id"] == "a"
 
     ids = lambda records: sorted(r["run_id"] for r in records)  # noqa: E731
-    assert ids(store.records()) == ["a", "b", "d", "e"]
-    assert ids(store.records(dataset="mnist5k")) == ["a", "b", "d"]
+    # the record file is the truth: a deleted run is no longer listed either
+    assert ids(store.records()) == ["a", "d", "e"]
+    assert ids(store.records(dataset="mnist5k")) == ["a", "d"]
     assert ids(store.records(dataset="mnist5k", threat_model="l2")) == ["d"]
     assert ids(store.records(status="failed")) == ["c"]
-    assert ids(store.records(status=None)) == ["a", "b", "c", "d", "e"]
+    assert ids(store.records(status=None)) == ["a", "c", "d", "e"]
     assert store.records(threat_model="l2")[0]["per_sample"]["index"] == [0, 1, 2, 3]  # the full record
 
 
@@ -245,7 +247,7 @@ def test_rebuild_reproduces_the_index_and_skips_corrupt_records(tmp_path: Path) 
     (tmp_path / "runs/2024-01-02/no_id/record.json").write_text("{}")
 
     fresh = ResultsStore(tmp_path)
-    with pytest.warns(RuntimeWarning, match="skipping unreadable run record") as caught:
+    with pytest.warns(RuntimeWarning, match="skipping run record") as caught:
         assert fresh.rebuild() == 3
     assert len(caught) == 2
     assert rows(fresh) == before
@@ -293,3 +295,52 @@ def test_concurrent_writers(tmp_path: Path) -> None:
 def test_record_json_is_plain_json(tmp_path: Path) -> None:
     path = write_record(tmp_path, {"run_id": "x", "value": 1.0})
     assert json.loads(path.read_text()) == {"run_id": "x", "value": 1.0}
+
+
+# -- damaged files: a corrupt index is rebuilt, a damaged record is not "finished" ----------------
+
+
+@pytest.mark.parametrize("damage", [b"this is not a database" * 100, b""])
+def test_a_corrupt_index_is_set_aside_and_rebuilt_from_the_records(tmp_path: Path, damage: bytes) -> None:
+    store = ResultsStore(tmp_path)
+    for run_id in ("a", "b"):
+        save(store, make_record(tmp_path, run_id, config_hash=f"H{run_id}"))
+    store.path.write_bytes(damage + b"\0" * 4096 if damage else b"SQLite format 3\0" + b"\xff" * 4000)
+    fresh = ResultsStore(tmp_path)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert fresh.finished("Ha") is not None  # the run, found again in the rebuilt index
+    assert len(fresh) == 2
+    (aside,) = tmp_path.glob("results.sqlite.corrupt-*")
+    assert aside.read_bytes().startswith(damage[:16] if damage else b"SQLite format 3")
+    # the documented repair works too, on an index that breaks again
+    fresh.path.write_bytes(b"garbage" * 1000)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert ResultsStore(tmp_path).rebuild() == 2
+
+
+def test_a_damaged_record_is_not_finished_and_is_left_out_of_listings(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    whole = save(store, make_record(tmp_path, "a", config_hash="H1", created="2024-01-01T10:00:00+00:00"))
+    cut = save(store, make_record(tmp_path, "b", config_hash="H1", created="2024-01-02T10:00:00+00:00"))
+    cut.write_text(cut.read_text()[:200])  # a torn write by another tool, or a full disk
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        latest = store.finished("H1")
+    assert latest is not None and latest["run_id"] == "a"  # falls back to the whole one
+    whole.write_text(json.dumps({"run_id": "a", "status": "finished"}))  # whole JSON, but no metrics
+    with pytest.warns(RuntimeWarning) as caught:
+        assert store.finished("H1") is None  # so the configuration runs again
+    assert any("incomplete: it says finished but its 'names' is missing" in str(w.message) for w in caught)
+    with pytest.warns(RuntimeWarning):
+        assert store.records() == []  # and the leaderboard shows neither
+
+
+def test_traces_are_byte_identical_across_processes(tmp_path: Path) -> None:
+    """safetensors keeps metadata in a hash map; its order used to change from one process to the next."""
+    script = (
+        "import sys, torch; from advsuite.results.traces import write_traces; "
+        "write_traces(sys.argv[1], [torch.tensor([[1.0, 2.0], [3.0, 0.5]])], [4], n_dims=784)"
+    )
+    files = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for file in files:
+        subprocess.run([sys.executable, "-c", script, str(file)], check=True, timeout=120)
+    assert len({f.read_bytes() for f in files}) == 1

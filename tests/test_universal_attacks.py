@@ -33,6 +33,9 @@ from advsuite.evaluation import evaluate
 from advsuite.models import Classifier
 from advsuite.seeding import make_generator
 
+# statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
+pytestmark = pytest.mark.numerics
+
 EPS = 0.2  # MNIST needs a larger ball than CIFAR's 10/255 for a universal perturbation to bite
 FAST = {"max_iter": 60, "val_every": 20, "n_val": 64, "verbose": False}
 
@@ -98,17 +101,21 @@ def test_data_free_objective_beats_random(
     randoms = [
         UAPRandom(eps=EPS, distribution=d, seed=s).perturbation(tiny_model) for d in DISTRIBUTIONS for s in (0, 1)
     ]
-    # on the prior's own inputs (delta alone, or fresh noise images) the conv layers' log-energy rises well
-    # above that of any random delta in the ball (1.5 in log units: 4.5 times the energy) ...
+    # on the prior's own inputs (delta alone, or fresh noise images) the conv layers' log-energy rises above
+    # that of any random delta in the ball. How far depends on where the 200 ascent steps end, which moves
+    # with kernel rounding (margin 2.1 with AVX-512 kernels, 0.5 with AVX2 or default ones: the random
+    # deltas' values agree to 0.01), so the test asks for half the smallest margin seen ...
     if prior == "none":
         own, clip = tiny_model.mean.expand(1, 1, 28, 28), False
     else:
         own, clip = attack.range_images(tiny_model, 200, make_generator(99)), True
     fitted = activation_objective(tiny_model, own, delta, clip=clip)
-    assert fitted > max(activation_objective(tiny_model, own, r, clip=clip) for r in randoms) + 1.5
+    assert fitted > max(activation_objective(tiny_model, own, r, clip=clip) for r in randoms) + 0.25
     # ... and on real test images, which it never saw, it is still the highest
     on_images = activation_objective(tiny_model, x, delta)
-    assert on_images > max(activation_objective(tiny_model, x, r) for r in randoms) + (0.1 if prior == "range" else 0.0)
+    assert on_images > max(activation_objective(tiny_model, x, r) for r in randoms) + (
+        0.05 if prior == "range" else 0.0
+    )
 
 
 def test_divergence_moves_the_logits_more_than_random(

@@ -28,6 +28,22 @@ class DataBundle:
     info: dict[str, object] = field(default_factory=dict)
 
 
+def class_mixed_order(y: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed (seeded) order of a split in which classes take turns: the first k·C samples hold k of each class.
+
+    A seeded shuffle, then a stable sort by each sample's rank within its class, so round ``r`` holds
+    the ``r``-th sample of every class (classes in shuffled order). Evaluation takes the *first* n test
+    images, and a split stored class by class would otherwise give n images of one class.
+    """
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))
+    labels = y[perm]
+    rank = torch.zeros_like(labels)
+    for c in labels.unique():
+        members = (labels == c).nonzero().squeeze(1)
+        rank[members] = torch.arange(len(members))
+    return perm[torch.argsort(rank, stable=True)]
+
+
 def select_indices(n_train: int, n_images: int | None, seed: int) -> torch.Tensor:
     """A seeded random subset of indices (sorted); all of them when ``n_images`` is None or larger."""
     if n_images is not None and n_images < 1:
@@ -50,6 +66,8 @@ def sample_tensors(dataset: Dataset, n: int | None, seed: int) -> tuple[torch.Te
 
 def as_tensors(dataset: Dataset, n: int | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` samples from ``start`` as (float32 NCHW, int64) tensors."""
+    if (n is not None and n < 0) or start < 0:
+        raise ConfigError(f"cannot take {n} samples from position {start}: both must be >= 0")
     if isinstance(dataset, TensorDataset):
         x, y = dataset.tensors[0], dataset.tensors[1]
         stop = len(x) if n is None else start + n

@@ -63,8 +63,10 @@ def images_to_nchw(x: np.ndarray, layout: str = "auto", what: str = "x") -> torc
     if x.dtype == np.uint8:
         pass
     elif np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise InputError(f"{what}: images contain NaN or inf values; images must be finite")
         lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+        if not (lo >= 0.0 and hi <= 1.0):
             raise InputError(
                 f"{what}: float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
                 "store 0..255 pixels as uint8 instead"

@@ -12,6 +12,22 @@ from advsuite.errors import ModelError
 from advsuite.validation import check_images
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block; after it, every submodule gets back its own previous mode.
+
+    Restoring module by module (not ``train(was_training)``) keeps a user's network exactly as it came,
+    e.g. frozen BatchNorm layers inside a model that is otherwise in training mode.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 class Classifier(nn.Module):
     """Wraps ``net`` so that callers always pass unnormalised images inside ``bounds``.
 
@@ -38,6 +54,9 @@ class Classifier(nn.Module):
     ) -> None:
         super().__init__()
         self.net = net
+        # Wrapping never changes the user's module: the wrapper starts in the mode the network is in
+        # (nn.Module would start it in training mode, and a later "restore" would push that mode down).
+        self.training = net.training
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.bounds = (float(bounds[0]), float(bounds[1]))
@@ -94,13 +113,9 @@ class Classifier(nn.Module):
 
     @contextmanager
     def evaluating(self) -> Iterator[Classifier]:
-        """Eval mode for the duration of an attack; the previous mode is restored after."""
-        was_training = self.training
-        self.eval()
-        try:
+        """Eval mode for the duration of an attack; afterwards every submodule gets back its own mode."""
+        with eval_mode(self):
             yield self
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -118,6 +118,36 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     return record
 
 
+def record_problem(record: Any) -> str | None:
+    """Why ``record`` cannot be trusted as a run record (``None`` when it can).
+
+    A record is whole when it is a JSON object with a ``run_id`` and a ``status``; a ``finished`` one
+    also needs its ``names`` and ``metrics`` (a file cut short or edited by hand may lack them).
+    """
+    if not isinstance(record, dict):
+        return f"it holds a {type(record).__name__}, not a JSON object"
+    for key in ("run_id", "status"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"its {key!r} is missing"
+    if record["status"] == "finished":
+        for key in ("names", "metrics"):
+            if not isinstance(record.get(key), dict):
+                return f"it says finished but its {key!r} is missing"
+    return None
+
+
+def read_checked_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`read_record`, then :func:`record_problem`; raises ``ValueError`` naming the file and the fault."""
+    try:
+        record = read_record(path)
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"run record {path} is unreadable ({err})") from err
+    problem = record_problem(record)
+    if problem:
+        raise ValueError(f"run record {path} is incomplete: {problem}")
+    return record
+
+
 def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = IGNORED_CONFIG_KEYS) -> str:
     """SHA-256 of the canonical JSON of ``config`` without the keys in ``ignore``.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from advsuite.paths import advsuite_home
-from advsuite.results.record import RECORD_NAME, finite_number, read_record, to_jsonable
+from advsuite.results.record import RECORD_NAME, finite_number, read_checked_record, to_jsonable
 
 INDEX_NAME = "results.sqlite"
 #: bump when the table changes; an index with another version is re-created from the records
@@ -115,6 +115,37 @@ class ResultsStore:
     def _ensure_schema(self) -> None:
         if self._ready:
             return
+        try:
+            stale = self._create_schema()
+        except sqlite3.DatabaseError as err:
+            if not _is_corrupt(err):
+                raise
+            self._set_aside(err)
+            self._create_schema()
+            stale = True
+        self._ready = True
+        if stale:  # a corrupt index, or one written by another advsuite version: the records are the truth
+            self.rebuild()
+
+    def _set_aside(self, err: Exception) -> Path:
+        """Move a corrupt index (and its WAL files) aside, so a fresh one can be rebuilt from the records."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        aside = self.path.with_name(f"{INDEX_NAME}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                os.replace(part, f"{aside}{suffix}")
+        warnings.warn(
+            f"the results index {self.path} is corrupt ({err}); moved it to {aside.name} and rebuilding it "
+            "from the run records",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        self._ready = False
+        return aside
+
+    def _create_schema(self) -> bool:
+        """Create the table if needed; True when an existing one had to be dropped (so needs a rebuild)."""
         stale = False
         with closing(self._connect()) as conn:
             if self.wal:
@@ -133,9 +164,18 @@ class ResultsStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-        self._ready = True
-        if stale:  # an index written by another advsuite version: the records are the truth
+        return stale
+
+    def _repairing(self, op: Callable[[], _T]) -> _T:
+        """Run ``op``; if the index turns out corrupt, set it aside, rebuild it and run ``op`` once more."""
+        try:
+            return op()
+        except sqlite3.DatabaseError as err:
+            if not _is_corrupt(err):
+                raise
+            self._set_aside(err)
             self.rebuild()
+            return op()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -145,8 +185,12 @@ class ResultsStore:
         ``path`` is where its ``record.json`` lies; by default ``<record["run_dir"]>/record.json``.
         """
         row = _row(record, path)
-        with self._write() as conn:
-            _upsert(conn, [row])
+
+        def write() -> None:
+            with self._write() as conn:
+                _upsert(conn, [row])
+
+        self._repairing(write)
 
     def rebuild(self, runs_root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None) -> int:
         """Empty the index and re-index every ``record.json`` found (recursively) under ``runs_root``.
@@ -163,17 +207,27 @@ class ResultsStore:
         rows: dict[str, dict[str, Any]] = {}
         for file in _find_records(roots):
             try:
-                row = _row(read_record(file), file)
-            except (OSError, ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
-                warnings.warn(f"skipping unreadable run record {file}: {err}", RuntimeWarning, stacklevel=2)
+                row = _row(read_checked_record(file), file)
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                warnings.warn(f"skipping run record {file}: {err}", RuntimeWarning, stacklevel=2)
                 continue
             previous = rows.get(row["run_id"])
             if previous is None or (row["created_ts"] or 0.0) >= (previous["created_ts"] or 0.0):
                 rows[row["run_id"]] = row
+
         # Parse everything first, then hold the write lock only for the swap.
-        with self._write() as conn:
-            conn.execute("DELETE FROM runs")
-            _upsert(conn, list(rows.values()))
+        def swap() -> None:
+            with self._write() as conn:
+                conn.execute("DELETE FROM runs")
+                _upsert(conn, list(rows.values()))
+
+        try:
+            swap()
+        except sqlite3.DatabaseError as err:  # not _repairing: its repair is this very rebuild
+            if not _is_corrupt(err):
+                raise
+            self._set_aside(err)
+            swap()
         return len(rows)
 
     # -- reading -----------------------------------------------------------------------------
@@ -181,18 +235,22 @@ class ResultsStore:
     def finished(self, config_hash: str) -> dict[str, Any] | None:
         """Summary (index columns, no full JSON) of the latest finished run with ``config_hash``.
 
-        Runs whose ``record.json`` was deleted since they were indexed do not count, so deleting a
-        run directory is enough to make the next sweep redo it.
+        Only a run whose ``record.json`` is still on disk, whole, and says the same (run id, finished)
+        counts: deleting a run directory, or a record that was cut short or edited into another run, makes
+        the next sweep redo it (the latter with a warning).
         """
         columns = ", ".join(SUMMARY_COLUMNS)
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {columns} FROM runs WHERE config_hash = ? AND status = 'finished' "
-                "ORDER BY created_ts DESC, created DESC",
-                (config_hash,),
-            ).fetchall()
-        for row in rows:
-            if row["record_path"] and Path(row["record_path"]).is_file():
+
+        def select() -> list[sqlite3.Row]:
+            with self._read() as conn:
+                return conn.execute(
+                    f"SELECT {columns} FROM runs WHERE config_hash = ? AND status = 'finished' "
+                    "ORDER BY created_ts DESC, created DESC",
+                    (config_hash,),
+                ).fetchall()
+
+        for row in self._repairing(select):
+            if row["record_path"] and _on_disk(row["record_path"], row["run_id"], row["status"]) is not None:
                 return dict(row)
         return None
 
@@ -204,25 +262,63 @@ class ResultsStore:
         *,
         task: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Full records matching the filters (``None`` = any), oldest first."""
+        """Full records matching the filters (``None`` = any), oldest first.
+
+        Each comes from its ``record.json`` (the truth); a run whose file is gone, unreadable, incomplete
+        or no longer the indexed run is left out, with a warning for the last three.
+        """
         where, args = [], []
         for column, value in (("dataset", dataset), ("threat_model", threat_model), ("status", status), ("task", task)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        sql = "SELECT record_json FROM runs"
+        sql = "SELECT record_path, run_id, status FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_ts, created, run_id"
-        with self._read() as conn:
-            return [json.loads(row[0]) for row in conn.execute(sql, args)]
+
+        def select() -> list[sqlite3.Row]:
+            with self._read() as conn:
+                return conn.execute(sql, args).fetchall()
+
+        found = (_on_disk(row["record_path"], row["run_id"], row["status"]) for row in self._repairing(select))
+        return [record for record in found if record is not None]
 
     def __len__(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        def count() -> int:
+            with self._read() as conn:
+                return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+        return self._repairing(count)
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.home)!r})"
+
+
+def _is_corrupt(err: sqlite3.DatabaseError) -> bool:
+    """A damaged file (not a busy lock or a full disk, which are OperationalErrors of their own)."""
+    message = str(err).lower()
+    return type(err) is sqlite3.DatabaseError or "malformed" in message or "not a database" in message
+
+
+def _on_disk(record_path: str | None, run_id: str, status: str | None) -> dict[str, Any] | None:
+    """The run's record file if it is whole and still the indexed run; else None (warning unless deleted)."""
+    if not record_path or not Path(record_path).is_file():
+        return None
+    try:
+        record = read_checked_record(record_path)
+    except ValueError as err:
+        warnings.warn(f"{err}; leaving the run out (re-run it, or delete its folder)", RuntimeWarning, stacklevel=3)
+        return None
+    if record["run_id"] != run_id or record["status"] != status:
+        warnings.warn(
+            f"run record {record_path} no longer matches the index (run {record['run_id']}, {record['status']}); "
+            "leaving it out: rebuild the index with task=leaderboard task.rebuild=true",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return record
 
 
 def _create(conn: sqlite3.Connection) -> None:

@@ -17,6 +17,7 @@ Not imported by :mod:`advsuite.results` itself (it needs torch; the index and re
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,21 @@ def write_traces(
         {"values": values.contiguous(), "offsets": offsets, "index": torch.tensor(list(index), dtype=torch.int64)},
         metadata=metadata,
     )
-    return atomic_write_bytes(path, data)
+    return atomic_write_bytes(path, canonical_safetensors(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` with its JSON header's keys sorted, so equal tensors and metadata give equal bytes.
+
+    safetensors keeps the metadata in a hash map, whose order differs from run to run. The format is an
+    8-byte little-endian header length, the header (JSON, space-padded to a multiple of 8 bytes) and the
+    tensor bytes; tensor offsets count from the end of the header, so re-serialising it is safe.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def read_traces(path: str | os.PathLike[str]) -> TraceArtifact:

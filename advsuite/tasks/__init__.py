@@ -7,6 +7,7 @@ import importlib
 from omegaconf import DictConfig
 
 from advsuite.errors import ConfigError
+from advsuite.tasks.options import check_run_options
 
 # task name -> "module:function"; imported lazily so each task only loads what it needs
 TASKS = {
@@ -18,8 +19,12 @@ TASKS = {
 
 
 def run_task(cfg: DictConfig) -> object:
+    """Run ``cfg.task.name``. Its options are checked first, before any data or model loads
+    (``task=evaluate`` checks them inside its recorder, so a refused run still leaves a failed record)."""
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    if name != "evaluate":
+        check_run_options(cfg)
     module, function = TASKS[name].split(":")
     return getattr(importlib.import_module(module), function)(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ from advsuite.models.zoo import load_model
 from advsuite.paths import advsuite_home
 from advsuite.recording import RunRecorder, format_summary, run_names, write_artifacts
 from advsuite.seeding import make_generator, seed_everything
+from advsuite.tasks.options import build_run_attack, check_defense, check_run_options
 
 # extra test images searched for targeted starting points
 STARTING_POOL = 2000
@@ -54,12 +56,25 @@ def starting_images(
     return starts
 
 
+def warn_if_unmixed(y: torch.Tensor, num_classes: int, dataset: str) -> None:
+    """Say so when the attacked images cover fewer classes than they could (a split stored class by class)."""
+    covered, could = len(y.unique()), min(len(y), num_classes)
+    if covered < could:
+        warnings.warn(
+            f"the {len(y)} images attacked cover only {covered} of {num_classes} classes of {dataset}: the numbers "
+            "describe those classes only. Is the test split stored class by class? (npz and imagefolder datasets: "
+            "set dataset.shuffle_seed to an integer)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The evaluate task; returns the record (also written to the run directory and indexed)."""
     home = advsuite_home(cfg.paths.home)
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=int(cfg.seed))
+    recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
     if not cfg.redo and (previous := recorder.previous()) is not None:
         print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
         return previous
@@ -78,13 +93,15 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
 
     with recorder:
+        recorder.names = names()  # so that a refused run's record says what it was
+        # every option is checked before data, model or attack artifacts load
+        check_run_options(cfg)
+        check_defense(cfg)
+        attack = build_run_attack(cfg, choices.get("attack"))
+        recorder.names = names()
         seed_everything(int(cfg.seed))
         device = resolve_device(cfg.device)
         data: DataBundle = instantiate(cfg.dataset)
-        attack = instantiate(cfg.attack)
-        if not isinstance(attack, Attack):
-            raise ConfigError(f"the attack config builds {type(attack).__name__}, not an advsuite Attack")
-        recorder.names = names()
         model = load_model(
             cfg.model,
             data,
@@ -106,6 +123,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             )
         )
         x, y = as_tensors(data.test, int(cfg.n_samples))
+        warn_if_unmixed(y, data.num_classes, data.name)
         targets = starts = None
         if attack.targeted:
             targets = choose_targets(y, data.num_classes, cfg.task.targeted_selection, int(cfg.seed))

@@ -1,0 +1,130 @@
+"""Checks of a composed run config, made before any data, model or attack artifact loads.
+
+A typo or a bad value should cost a second, not a model training: every task calls
+:func:`check_run_options` first, and ``task=evaluate`` builds its attack (the attack validates its own
+values) and checks the defense before it touches data.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from collections.abc import Iterable, Mapping
+from difflib import get_close_matches
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from advsuite.attack import Attack, construct_attack
+from advsuite.configs import to_plain
+from advsuite.errors import ConfigError
+
+#: defenses a run can name today (``defense=``); each declares its options here
+DEFENSE_OPTIONS: dict[str, tuple[str, ...]] = {"none": ("name",)}
+DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_run_options(cfg: DictConfig) -> None:
+    """The top-level options and the task's own options (unknown keys and bad values)."""
+    _whole_number(cfg.get("n_samples"), "n_samples", minimum=1, hint="the number of test images to attack")
+    _whole_number(cfg.get("batch_size"), "batch_size", minimum=1, hint="images per attack call")
+    _whole_number(cfg.get("seed"), "seed", minimum=0, hint="any whole number >= 0")
+    device = str(cfg.get("device", "auto"))
+    if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"device={device!r} is not a device; use {DEVICE_HINT}")
+    if cfg.get("train") is not None:
+        from advsuite.training import Recipe
+
+        Recipe.coerce(to_plain(cfg.train))
+    task = cfg.task
+    name = str(task.get("name"))
+    _known_keys(task, declared_task_options(name), f"task {name}", "task")
+    if name == "evaluate":
+        _check_evaluate_task(task)
+    elif name == "leaderboard":
+        from advsuite.leaderboard import FORMATS
+
+        formats = list(task.get("formats") or [])
+        if not formats or any(f not in FORMATS for f in formats):
+            raise ConfigError(f"task.formats={formats} must be a non-empty list drawn from {list(FORMATS)}")
+        _optional_number(task.get("epsilon"), "task.epsilon")
+
+
+def build_run_attack(cfg: DictConfig, choice: str | None = None) -> Attack:
+    """The attack of ``cfg.attack``, its options checked against the attack's declared ones."""
+    label = f"attack {choice}" if choice else "the attack config"
+    options = OmegaConf.to_container(cfg.attack, resolve=True)
+    if not isinstance(options, dict) or "_target_" not in options:
+        raise ConfigError(f"{label} has no _target_ (the Attack class to build, e.g. advsuite.attacks.whitebox.PGD)")
+    target = str(options.pop("_target_"))
+    try:
+        cls = get_class(target)
+    except Exception as exc:  # Hydra raises ImportError or ValueError subclasses
+        raise ConfigError(f"{label}: cannot import its _target_ {target!r} ({exc})") from exc
+    return construct_attack(cls, {str(k): v for k, v in options.items()}, label)
+
+
+def check_defense(cfg: DictConfig) -> None:
+    """The defense must be one advsuite has, with only the options it declares."""
+    defense = cfg.get("defense") or {}
+    name = str(defense.get("name", "none"))
+    if name not in DEFENSE_OPTIONS:
+        raise ConfigError(f"unknown defense {name!r}; valid defenses: {', '.join(DEFENSE_OPTIONS)}")
+    _known_keys(defense, DEFENSE_OPTIONS[name], f"defense {name}", "defense")
+
+
+def declared_task_options(name: str) -> tuple[str, ...]:
+    """The keys a task's YAML declares (``conf/task/<name>.yaml``): the only options it reads."""
+    folder = importlib.resources.files("advsuite.conf") / "task"
+    file = folder / f"{name}.yaml"
+    if not file.is_file():
+        valid = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(valid)}")
+    declared = OmegaConf.create(file.read_text(encoding="utf-8"))
+    assert isinstance(declared, DictConfig)
+    return tuple(str(k) for k in declared if k != "defaults")
+
+
+def _check_evaluate_task(task: DictConfig) -> None:
+    from advsuite.evaluation import check_budgets
+
+    if task.get("targeted_selection") not in ("random", "next"):
+        raise ConfigError(f"task.targeted_selection must be 'random' or 'next', got {task.get('targeted_selection')!r}")
+    budgets = list(task.get("budgets") or [])
+    if not budgets:
+        raise ConfigError("task.budgets must list at least one query budget, e.g. task.budgets=[1000,2000]")
+    check_budgets(budgets)
+    for key in ("mse_threshold", "l2_threshold"):
+        value = _optional_number(task.get(key), f"task.{key}")
+        if value is not None and value < 0:
+            raise ConfigError(f"task.{key} must be >= 0 or null, got {value}")
+    _whole_number(task.get("grid_images"), "task.grid_images", minimum=0, hint="images in the example grid")
+
+
+def _known_keys(node: Mapping[str, Any] | DictConfig, valid: Iterable[str], label: str, prefix: str) -> None:
+    valid = sorted(valid)
+    unknown = sorted(str(k) for k in node if str(k) not in valid)
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, valid, 1)) else repr(k)
+            for k in unknown
+        ]
+        raise ConfigError(
+            f"{label} has no option {', '.join(hints)}; valid options: {', '.join(valid)} "
+            f"(set one with {prefix}.<option>=<value>)"
+        )
+
+
+def _whole_number(value: Any, key: str, *, minimum: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be a whole number >= {minimum} ({hint}), got {value!r}")
+    return value
+
+
+def _optional_number(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number or null, got {value!r}")
+    return float(value)
