@@ -492,16 +492,24 @@ def query_budgets(rows: Sequence[QueryRow]) -> list[str]:
     return sorted(keys, key=lambda b: (finite_number(b) is None, finite_number(b) or 0.0, b))
 
 
-def query_columns(rows: Sequence[QueryRow], *, full: bool = False) -> list[_Column]:
-    """Columns of the query table; ``full`` (the CSV) adds geometric means, counts and the run id."""
+def query_columns(rows: Sequence[QueryRow], *, full: bool = False, grouped: bool = False) -> list[_Column]:
+    """Columns of the query table; ``full`` (the CSV) adds geometric means, counts and the run id;
+    ``grouped`` (the HTML page, one table per :func:`query_groups` heading) leaves out what the heading names."""
     budgets = query_budgets(rows)
     with_l2 = any(v is not None for row in rows for v in row["success_rate_l2_at"].values())
-    cols = [
-        _Column("dataset", "Dataset", lambda r: r["dataset"], "text", False),
-        _Column("model", "Model", lambda r: r["model"], "text", False),
-        _Column("defense", "Defense", lambda r: r["defense"], "text", False),
-        _Column("attack", "Attack", lambda r: r["attack"], "text", False),
-        _Column("targeted", "Targeted", lambda r: r["targeted"], "yesno", False),
+    cols = (
+        []
+        if grouped
+        else [
+            _Column("dataset", "Dataset", lambda r: r["dataset"], "text", False),
+            _Column("model", "Model", lambda r: r["model"], "text", False),
+            _Column("defense", "Defense", lambda r: r["defense"], "text", False),
+        ]
+    )
+    cols.append(_Column("attack", "Attack", lambda r: r["attack"], "text", False))
+    if not grouped:
+        cols.append(_Column("targeted", "Targeted", lambda r: r["targeted"], "yesno", False))
+    cols += [
         _Column("norm", "Norm", lambda r: r["norm"], "text", False),
         _Column("n_attacked", "n", lambda r: r["n_attacked"], "count"),
         # claimed successes the fresh re-check rejected (points within ~1e-6 of the boundary)
@@ -523,6 +531,17 @@ def query_columns(rows: Sequence[QueryRow], *, full: bool = False) -> list[_Colu
     if full:
         cols.append(_Column("run_id", "Run", lambda r: r["run_id"], "text", False))
     return cols
+
+
+def query_groups(rows: Sequence[QueryRow]) -> list[tuple[str, list[QueryRow]]]:
+    """The query rows by (dataset, model, defense, targeted), each with a heading: the HTML page's tables."""
+    groups: dict[tuple[str, str, str, bool], list[QueryRow]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["model"], row["defense"], row["targeted"]), []).append(row)
+    return [
+        (f"{d} · {m} · defense {f} · {'targeted' if t else 'untargeted'}", members)
+        for (d, m, f, t), members in groups.items()
+    ]
 
 
 def _budget_label(budget: str) -> str:
@@ -588,6 +607,7 @@ def _md_escape(text: str) -> str:
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; max-width: 1400px; }
 h2 { font-size: 1.1em; margin: 1.6em 0 0.4em; }
+h3 { font-size: 1em; margin: 1.2em 0 0.4em; }
 table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
 th { background: #f3f3f3; position: sticky; top: 0; z-index: 1; cursor: pointer; vertical-align: bottom;
@@ -644,11 +664,10 @@ def render_html(
             parts.append(f'<p class="note">Versions: {html.escape("; ".join(versions))}</p>\n')
     parts.append(f'<p class="note">{html.escape(NOTE)}</p>\n')
     if query_rows:
-        parts.append(
-            f"<h2>{html.escape(QUERY_TITLE)}</h2>\n"
-            + _html_table(query_columns(query_rows), query_rows)
-            + f'<p class="note">{html.escape(QUERY_NOTE)}</p>\n'
-        )
+        parts.append(f"<h2>{html.escape(QUERY_TITLE)}</h2>\n")
+        for heading, group in query_groups(query_rows):
+            parts.append(f"<h3>{html.escape(heading)}</h3>\n" + _html_table(query_columns(group, grouped=True), group))
+        parts.append(f'<p class="note">{html.escape(QUERY_NOTE)}</p>\n')
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'

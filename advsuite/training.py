@@ -257,13 +257,13 @@ def evaluate_accuracy(
 
 # ------------------------------------------------------------------------------------------------ train
 
-#: steps timed before the whole training's duration is estimated and printed
-ESTIMATE_AFTER_STEPS = 3
+#: steps timed (after the first) before the whole training's duration is estimated and printed
+ESTIMATE_AFTER_STEPS = 5
 
 
-def _estimate(name: str, seconds: float, steps: int, total: int, recipe: Recipe, n_train: int) -> str:
+def _estimate(name: str, per_step: float, total: int, recipe: Recipe, n_train: int) -> str:
     """One line: how long the whole training will take at the first steps' pace, and how to make it shorter."""
-    left = seconds / steps * total
+    left = per_step * total
     when = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
     return (
         f"training {name}: {recipe.epochs} epochs x {total // recipe.epochs} steps on {n_train:,} images, "
@@ -304,7 +304,7 @@ def train_classifier(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
-    start = time.perf_counter()
+    start = after_first = time.perf_counter()
     loss_sum, correct, seen, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -329,8 +329,11 @@ def train_classifier(
                 seen += len(yb)
                 steps += 1
                 bar.update(1)
-                if verbose and steps == ESTIMATE_AFTER_STEPS and total > 2 * steps:
-                    tqdm.write(_estimate(model.name, time.perf_counter() - start, steps, total, recipe, n_train))
+                if steps == 1:
+                    after_first = time.perf_counter()  # the first step pays for allocation and kernel set-up
+                elif verbose and steps == 1 + ESTIMATE_AFTER_STEPS and total > 2 * steps:
+                    per_step = (time.perf_counter() - after_first) / ESTIMATE_AFTER_STEPS
+                    tqdm.write(_estimate(model.name, per_step, total, recipe, n_train))
                 if verbose and (steps % 10 == 0 or seen >= n_train):
                     bar.set_postfix(
                         epoch=epoch + 1, loss=f"{float(loss_sum) / seen:.3f}", acc=f"{float(correct) / seen:.3f}"

@@ -5,8 +5,9 @@ made for this bench: "first time" commands start from an empty zoo (training inc
 reuse what earlier commands trained. Run it on a quiet machine: two heavy jobs on two cores distort
 every timing.
 
-    ADVSUITE_DATA=/work/shared/data python bench/everyday.py --json bench/results/everyday.json
+    ADVSUITE_DATA=/work/shared/data python bench/everyday.py --home /tmp/everyday --json bench/results/everyday.json
     python bench/everyday.py --only default_first,default_cached      # a subset, by name
+    python bench/everyday.py --set docs --home /tmp/everyday --json bench/results/mnist_docs.json
 """
 
 from __future__ import annotations
@@ -43,6 +44,33 @@ COMMANDS: list[tuple[str, str, list[str], int]] = [
     # the README's resnet50-on-CIFAR-10 line trains for a long time: time its first steps, then stop
     ("pgd_resnet50_cifar10_estimate", "fresh", ["attack=pgd", "model=resnet50", "dataset=cifar10_npz"], 150),
 ]
+# --set docs: the MNIST numbers quoted in docs/attacks/ (mnist5k, zoo smallcnn), rerun on the class-mixed order
+_DIVA = ["attack.eps=0.2", "attack.step_size=0.02", "n_samples=200"]
+_UAP = ["attack.eps=0.2", "n_samples=500", "train.epochs=3"]
+DOC_COMMANDS: list[tuple[str, str, list[str], int]] = [
+    ("docs_whitebox_default_eps", "main", ["-m", "attack=pgd,pgd_l2", "n_samples=200"], 1800),
+    ("docs_reversible_mnist", "main", ["attack=reversible_patch", "n_samples=200"], 1800),
+    ("docs_diva_int8", "main", ["-m", "attack=diva,diva_pgd", *_DIVA], 1800),
+    ("docs_diva_prune08", "main", ["-m", "attack=diva,diva_pgd", "attack.adaptation=prune", *_DIVA], 1800),
+    (
+        "docs_diva_prune05",
+        "main",
+        ["-m", "attack=diva,diva_pgd", "attack.adaptation=prune", "attack.sparsity=0.5", *_DIVA],
+        1800,
+    ),
+    (
+        "docs_diva_prune08_semi_blackbox",
+        "main",
+        ["-m", "attack=diva,diva_pgd", "attack.adaptation=prune", "attack.setting=semi_blackbox", *_DIVA],
+        1800,
+    ),
+    ("docs_uap_mnist", "main", ["-m", "attack=uap_random,uap_datafree,uap_sgd", *_UAP], 3600),
+    ("docs_uap_mnist_priors", "main", ["-m", "attack=uap_datafree", "attack.prior=range,data", *_UAP], 3600),
+    ("docs_uap_mnist_divergence", "main", ["attack=uap_datafree", "attack.objective=divergence", *_UAP], 3600),
+    # a sweep that sets an attack option with the plain syntax (it used to need ++attack.budget)
+    ("sweep_attack_option", "main", ["-m", "attack=hsja,qeba_s,qeba_f", "attack.budget=300"], 1800),
+]
+SETS = {"readme": COMMANDS, "docs": DOC_COMMANDS}
 METRICS = ("n_examples", "clean_accuracy", "robust_accuracy", "success_rate", "median_queries", "flips")
 
 
@@ -92,6 +120,7 @@ def run(args: list[str], home: Path, timeout: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="write the results here (merged with what the file holds)")
+    parser.add_argument("--set", choices=sorted(SETS), default="readme", help="which commands (default: readme)")
     parser.add_argument("--only", help="comma-separated command names")
     parser.add_argument("--home", type=Path, help="parent folder of the bench's advsuite homes (default: a temp dir)")
     args = parser.parse_args()
@@ -100,7 +129,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     if args.json and args.json.is_file():
         results = json.loads(args.json.read_text()).get("commands", {})
-    for name, home_kind, command, timeout in COMMANDS:
+    for name, home_kind, command, timeout in SETS[args.set]:
         if chosen is not None and name not in chosen:
             continue
         home = Path(tempfile.mkdtemp(dir=base)) if home_kind == "fresh" else base / home_kind

@@ -133,3 +133,13 @@ def test_run_train_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert run_train(cfg)["source"] == "cache"
     cfg.train.force = True
     assert run_train(cfg)["source"] == "trained"
+
+
+def test_a_training_says_how_long_it_will_take(mnist: DataBundle, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("smallcnn", mnist)
+    train_classifier(model, mnist, {**LEARN, "epochs": 1}, seed=0, verbose=True)
+    out = capsys.readouterr()
+    (line,) = [line for line in (out.out + out.err).splitlines() if "in all at the first steps' pace" in line]
+    assert line.startswith("training smallcnn: 1 epochs x 16 steps on 512 images, about ")
+    assert "train.epochs=N, train.train_subset=N" in line
