@@ -354,20 +354,32 @@ class _Column:
     numeric: bool = True
 
 
+# columns the tables share (flat, HTML ranking and detail, query)
+_RANK = _Column("rank", "Rank", lambda r: r["rank"], "count")
+_MODEL = _Column("model", "Model", lambda r: r["model"], "text", False)
+_DEFENSE = _Column("defense", "Defense", lambda r: r["defense"], "text", False)
+_ATTACK = _Column("attack", "Attack", lambda r: r["attack"], "text", False)
+_CLEAN = _Column("clean_accuracy", "Clean acc.", lambda r: r["clean_accuracy"], "acc")
+_WORST = _Column("worst_case_robust_accuracy", "Worst-case robust acc.", lambda r: r["worst_case"], "acc")
+_WORST_ATTACK = _Column("worst_attack", "Worst attack", lambda r: r["worst_attack"], "text", False)
+_N = _Column("n_examples", "n", lambda r: r["n_examples"], "count")
+_DATE = _Column("date", "Date", lambda r: r["date"], "text", False)
+
+
 def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
     """The flat table's columns (Markdown, CSV): fixed ones plus one per attack and metric found in ``rows``."""
     robust = sorted({a for row in rows for a in row["robust_accuracy"]})
     minimising = sorted({a for row in rows for a in row["success_rate"]})
     cols = [
-        _Column("rank", "Rank", lambda r: r["rank"], "count"),
-        _Column("model", "Model", lambda r: r["model"], "text", False),
-        _Column("defense", "Defense", lambda r: r["defense"], "text", False),
+        _RANK,
+        _MODEL,
+        _DEFENSE,
         _Column("dataset", "Dataset", lambda r: r["dataset"], "text", False),
         _Column("threat_model", "Threat model", lambda r: r["threat_model"], "text", False),
         _Column("epsilon", "Epsilon", lambda r: r["epsilon"], "eps"),
-        _Column("clean_accuracy", "Clean acc.", lambda r: r["clean_accuracy"], "acc"),
-        _Column("worst_case_robust_accuracy", "Worst-case robust acc.", lambda r: r["worst_case"], "acc"),
-        _Column("worst_attack", "Worst attack", lambda r: r["worst_attack"], "text", False),
+        _CLEAN,
+        _WORST,
+        _WORST_ATTACK,
     ]
     for a in robust:
         cols.append(_Column(f"robust_accuracy:{a}", f"{a} robust acc.", _getter("robust_accuracy", a), "acc"))
@@ -380,9 +392,9 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
             header = title if title.split()[0] == a else f"{a} {title}"
             cols.append(_Column(f"{metric}:{a}", header, _extra_getter(metric, a), "acc"))
     cols += [
-        _Column("n_examples", "n", lambda r: r["n_examples"], "count"),
+        _N,
         _Column("median_queries", "Queries", lambda r: r["queries"], "queries", False),
-        _Column("date", "Date", lambda r: r["date"], "text", False),
+        _DATE,
         _Column("versions", "Versions", lambda r: r["versions"], "text", False),
     ]
     return cols
@@ -406,20 +418,8 @@ def ranking_columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
     """One block's ranking table (HTML): the block's heading names dataset, threat model and epsilon, and
     each attack gets one column, its robust accuracy, only when it ran in this block."""
     robust = sorted({a for row in rows for a in row["robust_accuracy"]})
-    cols = [
-        _Column("rank", "Rank", lambda r: r["rank"], "count"),
-        _Column("model", "Model", lambda r: r["model"], "text", False),
-        _Column("defense", "Defense", lambda r: r["defense"], "text", False),
-        _Column("clean_accuracy", "Clean acc.", lambda r: r["clean_accuracy"], "acc"),
-        _Column("worst_case_robust_accuracy", "Worst-case robust acc.", lambda r: r["worst_case"], "acc"),
-        _Column("worst_attack", "Worst attack", lambda r: r["worst_attack"], "text", False),
-    ]
-    cols += [_Column(f"robust_accuracy:{a}", a, _getter("robust_accuracy", a), "acc") for a in robust]
-    cols += [
-        _Column("n_examples", "n", lambda r: r["n_examples"], "count"),
-        _Column("date", "Date", lambda r: r["date"], "text", False),
-    ]
-    return cols
+    per_attack = [_Column(f"robust_accuracy:{a}", a, _getter("robust_accuracy", a), "acc") for a in robust]
+    return [_RANK, _MODEL, _DEFENSE, _CLEAN, _WORST, _WORST_ATTACK, *per_attack, _N, _DATE]
 
 
 class DetailRow(TypedDict):
@@ -461,9 +461,9 @@ def attack_details(rows: Sequence[LeaderboardRow]) -> list[DetailRow]:
 def detail_columns(details: Sequence[DetailRow]) -> list[_Column]:
     """The detail table's columns: the standard ones, then one per attack-specific metric present."""
     cols = [
-        _Column("model", "Model", lambda r: r["model"], "text", False),
-        _Column("defense", "Defense", lambda r: r["defense"], "text", False),
-        _Column("attack", "Attack", lambda r: r["attack"], "text", False),
+        _MODEL,
+        _DEFENSE,
+        _ATTACK,
         _Column("robust_accuracy", "Robust acc.", lambda r: r["robust_accuracy"], "acc"),
         _Column("success_rate", "Success rate", lambda r: r["success_rate"], "acc"),
         _Column("median_l2", "Median L2", lambda r: r["median_l2"], "dist"),
@@ -497,18 +497,9 @@ def query_columns(rows: Sequence[QueryRow], *, full: bool = False, grouped: bool
     ``grouped`` (the HTML page, one table per :func:`query_groups` heading) leaves out what the heading names."""
     budgets = query_budgets(rows)
     with_l2 = any(v is not None for row in rows for v in row["success_rate_l2_at"].values())
-    cols = (
-        []
-        if grouped
-        else [
-            _Column("dataset", "Dataset", lambda r: r["dataset"], "text", False),
-            _Column("model", "Model", lambda r: r["model"], "text", False),
-            _Column("defense", "Defense", lambda r: r["defense"], "text", False),
-        ]
-    )
-    cols.append(_Column("attack", "Attack", lambda r: r["attack"], "text", False))
-    if not grouped:
-        cols.append(_Column("targeted", "Targeted", lambda r: r["targeted"], "yesno", False))
+    dataset = _Column("dataset", "Dataset", lambda r: r["dataset"], "text", False)
+    targeted = _Column("targeted", "Targeted", lambda r: r["targeted"], "yesno", False)
+    cols = [_ATTACK] if grouped else [dataset, _MODEL, _DEFENSE, _ATTACK, targeted]
     cols += [
         _Column("norm", "Norm", lambda r: r["norm"], "text", False),
         _Column("n_attacked", "n", lambda r: r["n_attacked"], "count"),
