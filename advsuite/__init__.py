@@ -9,7 +9,7 @@ The Python API in one import::
     record = advsuite.evaluate_and_record(model, attack, x, y)     # into the results store
 """
 
-from advsuite.api import attack_names, build_attack, evaluate_and_record, wrap_model
+from advsuite.api import attack_names, build_attack, defense_names, detector_names, evaluate_and_record, wrap_model
 from advsuite.attack import Attack, AttackResult
 from advsuite.data import DataBundle, as_tensors, mnist5k
 from advsuite.evaluation import Evaluation, evaluate
@@ -31,6 +31,8 @@ __all__ = [
     "as_tensors",
     "attack_names",
     "build_attack",
+    "defense_names",
+    "detector_names",
     "evaluate",
     "evaluate_and_record",
     "is_adversarial",

@@ -74,10 +74,31 @@ def wrap_model(
     return classifier
 
 
+def _config_names(group: str) -> list[str]:
+    folder = importlib.resources.files("advsuite.conf") / group
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def attack_names() -> list[str]:
     """The attack config names (the options of ``attack=`` on the command line)."""
-    folder = importlib.resources.files("advsuite.conf") / "attack"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return _config_names("attack")
+
+
+def defense_names() -> list[str]:
+    """The defense config names (the options of ``defense=``)."""
+    return _config_names("defense")
+
+
+def detector_names() -> list[str]:
+    """The detectors advsuite ships (classes in :mod:`advsuite.detectors`)."""
+    import advsuite.detectors as detectors
+    from advsuite.detector import Detector
+
+    return sorted(
+        name
+        for name in detectors.__all__
+        if isinstance(getattr(detectors, name), type) and issubclass(getattr(detectors, name), Detector)
+    )
 
 
 def _attack_config(name: str, *, seed: Any, verbose: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
@@ -16,7 +17,7 @@ from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle, ScoreOracle
 
-ThreatModel = Literal["whitebox", "score", "label"]
+Access = Literal["whitebox", "score", "label"]
 Target = Classifier | LabelOracle | ScoreOracle
 
 
@@ -125,16 +126,24 @@ class Attack(abc.ABC):
     """Base class: a callable holding only hyper-parameters.
 
     Subclasses are dataclasses whose fields are the hyper-parameters (validated in
-    ``__post_init__``) and implement :meth:`run`. ``threat_model`` says what the attack is given:
-    the differentiable Classifier (``whitebox``), a :class:`ScoreOracle` or a :class:`LabelOracle`.
+    ``__post_init__``) and implement :meth:`run`. What the pipeline reads from an attack is declared
+    here, and nothing else: ``access`` says what the attack is given (the differentiable Classifier,
+    ``whitebox``; a :class:`ScoreOracle`, ``score``; a :class:`LabelOracle`, ``label``), ``norm`` the
+    norm its distances and epsilons are in, ``targeted`` whether it needs target classes. Query attacks
+    (``score``/``label``) declare ``budget`` (queries per image, the oracle's hard limit; ``None`` = no
+    limit) and ``max_batch`` (rows per model call) as fields; fixed-epsilon attacks derive from
+    :class:`FixedEpsilonAttack`.
     """
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
+    access: ClassVar[Access] = "whitebox"
     #: the norm distances are reported in; "linf" or "l2"
     norm: str = "l2"
     #: fixed-epsilon attacks say so; minimisation attacks report distance instead
     fixed_epsilon: ClassVar[bool] = False
     targeted: bool = False
+    #: query attacks: queries per image (the oracle's budget; None = unlimited) and rows per model call
+    budget: int | None = None
+    max_batch: int = 1000
 
     def __call__(
         self,
@@ -156,11 +165,11 @@ class Attack(abc.ABC):
             raise ValueError(f"{type(self).__name__} is targeted: pass targets=")
         if starting_points is not None:
             check_images(starting_points, bounds=bounds, shape=target.input_shape, name="starting_points")
-        if self.threat_model == "whitebox" and not isinstance(target, Classifier):
+        if self.access == "whitebox" and not isinstance(target, Classifier):
             raise TypeError(f"{type(self).__name__} is white-box: pass the Classifier, not an oracle")
-        if self.threat_model == "label" and not isinstance(target, LabelOracle):
+        if self.access == "label" and not isinstance(target, LabelOracle):
             raise TypeError(f"{type(self).__name__} is decision-based: pass a LabelOracle")
-        if self.threat_model == "score" and not isinstance(target, ScoreOracle):
+        if self.access == "score" and not isinstance(target, ScoreOracle):
             raise TypeError(f"{type(self).__name__} is score-based: pass a ScoreOracle")
         device = target.device
         x, y = x.to(device), y.to(device)
@@ -203,3 +212,36 @@ class Attack(abc.ABC):
         starting_points: torch.Tensor | None,
     ) -> AttackResult:
         """The algorithm; inputs are already validated and on the target's device."""
+
+
+def as_epsilons(owner: str, eps: Any) -> list[float]:
+    """``eps`` as a non-empty list of floats >= 0 (a single number or any sequence, e.g. a Hydra ListConfig)."""
+    values = [eps] if isinstance(eps, int | float) and not isinstance(eps, bool) else eps
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{owner}: eps must be a number or a list of numbers, got {eps!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise ConfigError(f"{owner}: eps must be a non-empty list of finite numbers >= 0, got {eps!r}")
+    return values
+
+
+class FixedEpsilonAttack(Attack):
+    """An attack bounded by ``eps`` in its ``norm`` (one number, or a list for a robust-accuracy curve).
+
+    The pipeline re-checks each result inside its ball and reports robust accuracy at every epsilon in
+    :attr:`epsilons`; an attack called with several returns ``x_adv_by_eps`` (``x_adv`` at the largest).
+    """
+
+    fixed_epsilon: ClassVar[bool] = True
+    eps: float | list[float]
+
+    @property
+    def epsilons(self) -> list[float]:
+        """The epsilons, ascending."""
+        return sorted(as_epsilons(type(self).__name__, self.eps))
+
+    def _normalise_eps(self) -> None:
+        """For ``__post_init__``: check ``eps`` and keep a list sorted (a single number stays one)."""
+        epsilons = as_epsilons(type(self).__name__, self.eps)
+        self.eps = epsilons[0] if isinstance(self.eps, int | float) else sorted(epsilons)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from advsuite.attack import Attack, AttackResult, distances
+from advsuite.attack import Attack, AttackResult, FixedEpsilonAttack, distances
 from advsuite.errors import ConfigError, InputError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle, ScoreOracle, is_adversarial
@@ -166,13 +166,11 @@ def _attack_batch(
 ) -> tuple[AttackResult, torch.Tensor, dict[str, float]]:
     """Attack one batch through the access the threat model allows; return the oracle's query count."""
     stats: dict[str, float] = {}
-    if attack.threat_model == "whitebox":
+    if attack.access == "whitebox":
         result = attack(model, x, y, targets=targets, starting_points=starting_points)
         return result, result.queries.cpu(), stats
-    oracle_cls = LabelOracle if attack.threat_model == "label" else ScoreOracle
-    oracle = oracle_cls(
-        model, n=len(x), budget=getattr(attack, "budget", None), max_batch=getattr(attack, "max_batch", 1000)
-    )
+    oracle_cls = LabelOracle if attack.access == "label" else ScoreOracle
+    oracle = oracle_cls(model, n=len(x), budget=attack.budget, max_batch=attack.max_batch)
     result = attack(oracle, x, y, targets=targets, starting_points=starting_points)
     queries = oracle.n_queries.cpu()  # the oracle's count, not the attack's bookkeeping
     stats = {"calls": oracle.n_calls, "rows": float(queries.sum()), "forward_seconds": oracle.forward_seconds}
@@ -263,10 +261,10 @@ def evaluate(
         return ok & attacked
 
     success = recheck(x_adv)
-    norm = getattr(attack, "norm", "l2")
+    norm = attack.norm
     robust_by_eps: list[float] | None = None
-    if attack.fixed_epsilon:
-        eps_list = epsilons or [float(getattr(attack, "eps", math.inf))]
+    if isinstance(attack, FixedEpsilonAttack):
+        eps_list = epsilons or attack.epsilons
         advs = adv_by_eps or [x_adv]
         robust_by_eps = []
         for eps, adv in zip(eps_list, advs, strict=True):
@@ -311,7 +309,7 @@ def evaluate(
     if traced:
         spent = [float(queries[attacked].max())] if attacked.any() else []
         spent += [float(t[:, 0].max()) for t in attacked_traces if len(t)]
-        declared = finite_number(getattr(attack, "budget", None))
+        declared = finite_number(attack.budget)
         reach = max([*spent, declared or 0.0], default=0.0)
         at, per_budget = query_metrics(
             attacked_traces,

@@ -71,14 +71,10 @@ class _Oracle:
         self.n_queries.index_add_(0, idx[answered], torch.ones_like(idx[answered]))
         start = time.perf_counter()
         outs = []
-        with torch.no_grad(), self._model.evaluating():
-            validate, self._model.validate_inputs = self._model.validate_inputs, False  # checked above
-            try:
-                for i in range(0, len(rows), self.max_batch):
-                    outs.append(self._model(rows[i : i + self.max_batch]))
-                    self.n_calls += 1
-            finally:
-                self._model.validate_inputs = validate
+        with torch.no_grad(), self._model.evaluating(), self._model.trusted_inputs():  # checked above
+            for i in range(0, len(rows), self.max_batch):
+                outs.append(self._model(rows[i : i + self.max_batch]))
+                self.n_calls += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.forward_seconds += time.perf_counter() - start

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from advsuite.attack import Attack
+from advsuite.attack import Attack, FixedEpsilonAttack
 from advsuite.evaluation import Evaluation
 from advsuite.leaderboard import EXTRA_METRICS
 from advsuite.models.classifier import Classifier
@@ -31,9 +31,7 @@ def run_names(
     *, dataset: str, model_name: str, attack_name: str, attack: Attack | None, model: Classifier | None, defense: str
 ) -> dict[str, Any]:
     """The ``names`` block of a record: what was attacked, how, and under which threat model."""
-    eps = getattr(attack, "eps", None) if attack is not None and attack.fixed_epsilon else None
-    if isinstance(eps, list | tuple):
-        eps = max(eps)
+    eps = max(attack.epsilons) if isinstance(attack, FixedEpsilonAttack) else None
     info = model.info if model is not None else {}
     return {
         "task": "evaluate",
@@ -41,10 +39,10 @@ def run_names(
         "model": model_name,
         "attack": attack_name,
         "defense": defense,
-        "threat_model": getattr(attack, "norm", None),
-        "epsilon": None if eps is None else float(eps),
-        "access": getattr(attack, "threat_model", None),
-        "targeted": bool(getattr(attack, "targeted", False)) if attack is not None else None,
+        "threat_model": attack.norm if attack is not None else None,
+        "epsilon": eps,
+        "access": attack.access if attack is not None else None,
+        "targeted": attack.targeted if attack is not None else None,
         "model_source": info.get("model_source", model_name),
         "weights_hash": info.get("weights_hash"),
     }
@@ -93,6 +91,7 @@ def format_summary(names: dict[str, Any], metrics: dict[str, Any]) -> str:
 
     rows = [
         ("dataset / model", f"{names['dataset']} / {names['model']}"),
+        ("defense", str(names.get("defense") or "none")),
         ("attack", f"{names['attack']} ({names['access']}, {names['threat_model']})"),
         ("examples (attacked)", f"{metrics['n_examples']} ({metrics['n_attacked']})"),
         ("clean accuracy", fmt(metrics["clean_accuracy"])),

@@ -1,0 +1,31 @@
+"""Defenses (installed as ``advsuite.defenses``): each a module implementing :class:`advsuite.defense.Defense`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advsuite.defense import Defense
+from advsuite.defenses.bit_depth import BitDepthReduction
+from advsuite.errors import ConfigError
+from advsuite.models.custom import resolve_import_path
+
+
+def no_defense(name: str = "none") -> None:
+    """``defense=none``: no transform; :func:`advsuite.defense.defend` then returns the model itself."""
+    return None
+
+
+def custom(target: str = "", kwargs: dict[str, Any] | None = None, name: str = "custom") -> Defense:
+    """``defense=custom defense.target=my_pkg.defenses:MyDefense``: a user's own Defense by import path."""
+    factory = resolve_import_path(target, group="defense")
+    try:
+        defense = factory(**dict(kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(f"defense.target={target!r} rejected defense.kwargs={dict(kwargs or {})}: {exc}") from exc
+    if not isinstance(defense, Defense):
+        raise ConfigError(f"defense.target={target!r} built a {type(defense).__name__}, not an advsuite Defense")
+    defense.name = name if name != "custom" else target
+    return defense
+
+
+__all__ = ["BitDepthReduction", "custom", "no_defense"]

@@ -96,3 +96,14 @@ def test_a_sweep_sets_attack_options_with_the_plain_syntax(readme_run, advsuite_
         assert runs[name]["status"] == "finished" and runs[name]["config"]["attack"]["budget"] == 120
         assert 0 < max(runs[name]["per_sample"]["queries"]) <= 120
     assert runs["pgd"]["status"] == "failed" and "no option 'budget'" in runs["pgd"]["error"]
+
+
+def test_a_defended_run_attacks_the_defended_model(readme_run, advsuite_home: Path) -> None:
+    args = ("defense=bit_depth", "defense.bits=1", "attack.eps=[0.1]", "attack.steps=5", "n_samples=20", "seed=5")
+    result = advsuite(advsuite_home, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (record,) = [r for r in records(advsuite_home) if r["seed"] == 5]
+    assert record["names"]["defense"] == "bit_depth" and record["config"]["defense"]["bits"] == 1
+    assert "bit_depth" in result.stdout  # the summary names the defended model
+    typo = advsuite(advsuite_home, "defense=bit_depth", "defense.bitz=1")
+    assert typo.returncode == 1 and "defense bit_depth has no option 'bitz' (did you mean 'bits'?)" in typo.stderr

@@ -35,7 +35,7 @@ def test_attack_configs_instantiate(attack: str) -> None:
     cfg = compose_with(f"attack={attack}")
     built = instantiate(cfg.attack)
     assert isinstance(built, Attack)
-    assert built.threat_model in ("whitebox", "score", "label")
+    assert built.access in ("whitebox", "score", "label")
 
 
 @pytest.mark.parametrize("group", ["dataset", "model", "train", "task", "defense"])
@@ -60,3 +60,55 @@ def test_unknown_option_lists_valid_choices() -> None:
 def test_unknown_key_is_refused() -> None:
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
         compose_with("attack.no_such_key=1")
+
+
+# -- defaults live in the attack classes; a YAML sets only what the command line deliberately changes -----
+
+_CURVE = [0.05, 0.1, 0.15, 0.2, 0.3]
+#: every value an attack YAML sets that differs from its class's default; "group" = composed from conf/<group>
+DELIBERATE: dict[str, dict[str, object]] = {
+    "diva_pgd": {"method": "pgd"},  # the paper's baseline
+    "fb_pgd": {"eps": _CURVE, "steps": 20, "rel_stepsize": 0.125},  # the same run as pgd.yaml
+    "fgsm": {"eps": _CURVE},  # a robust-accuracy curve
+    "pgd": {"eps": _CURVE, "steps": 20},  # a curve; 20 steps keep the default CPU run quick
+    "pgd_l2": {"norm": "l2", "eps": [1.0, 1.5, 2.0, 2.5, 3.0], "steps": 20},
+    "patch_gan": {"generator": "set"},  # the VAE's size and training, spelled out for the command line
+    **{
+        name: {"budget": 2000}  # the decision-based attacks' CLI budget (the papers' 1k/2k points)
+        for name in ("hsja", "qeba", "qeba_s", "qeba_f")
+    },
+    **{name: {"budget": 2000, "prior": "group"} for name in ("qeba_i", "nlba_ae", "nlba_vae", "nlba_gan", "psba")},
+}
+
+
+@pytest.mark.parametrize("attack", options("attack"))
+def test_attack_yaml_sets_only_fields_and_deliberate_differences(attack: str) -> None:
+    import dataclasses
+
+    from hydra.utils import get_class
+
+    from advsuite.api import _attack_config
+    from advsuite.attack import attack_options
+
+    config = _attack_config(attack, seed=0, verbose=False)
+    cls = get_class(str(config.pop("_target_")))
+    assert set(config) <= set(attack_options(cls)), sorted(set(config) - set(attack_options(cls)))
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        for f in dataclasses.fields(cls)
+        if f.init and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+    }
+    differs = {k: v for k, v in config.items() if k not in ("seed", "verbose") and v != defaults.get(k)}
+    expected = DELIBERATE.get(attack, {})
+    assert set(differs) == set(expected), f"{attack}: differs from the class in {sorted(differs)}"
+    for key, value in expected.items():
+        if value == "group":
+            assert isinstance(differs[key], dict) and differs[key].get("kind")
+        elif value != "set":
+            assert differs[key] == value, (attack, key)
+
+
+def test_qeba_is_qeba_s() -> None:
+    from advsuite.api import _attack_config
+
+    assert _attack_config("qeba", seed=0, verbose=False) == _attack_config("qeba_s", seed=0, verbose=False)

@@ -129,3 +129,15 @@ def test_criteria() -> None:
     y = torch.tensor([1, 1, 1, 1])
     assert is_adversarial(labels, y, None).tolist() == [False, True, False, True]
     assert is_adversarial(labels, y, torch.tensor([2, 2, 2, 2])).tolist() == [False, True, False, False]
+
+
+def test_trusted_inputs_skips_the_check_inside_the_block_only() -> None:
+    model = linear_classifier()
+    outside = torch.full((1, 3, 4, 4), 2.0)
+    with model.trusted_inputs():
+        assert model(outside).shape == (1, 5)  # the caller vouches for its inputs
+    with pytest.raises(InputError, match="must lie in"):
+        model(outside)
+    with pytest.raises(RuntimeError, match="boom"), model.trusted_inputs():
+        raise RuntimeError("boom")
+    assert model.validate_inputs

@@ -253,7 +253,7 @@ def test_prepare_takes_a_seeded_training_subset(mnist: DataBundle, tiny_model: C
 @pytest.mark.parametrize(("name", "method"), [("diva", "diva"), ("diva_pgd", "pgd")])
 def test_configs_instantiate(name: str, method: str) -> None:
     with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"attack={name}", "attack.adaptation=prune"])
+        cfg = compose(config_name="config", overrides=[f"attack={name}", "++attack.adaptation=prune"])
     built = instantiate(cfg.attack)
     assert isinstance(built, DIVA) and built.method == method and built.adaptation == "prune"
     assert built.fixed_epsilon and built.norm == "linf" and built.eps == pytest.approx(8 / 255, abs=1e-6)

@@ -179,14 +179,14 @@ def test_boundary_untargeted(tiny_model: Classifier, test_batch: Batch, per_imag
 @pytest.mark.parametrize("attack", [FoolboxHSJA(verbose=False), FoolboxBoundary(verbose=False)])
 def test_decision_based_refuses_the_classifier(tiny_model: Classifier, test_batch: Batch, attack: Attack):
     x, y = test_batch
-    assert attack.threat_model == "label" and not attack.fixed_epsilon
+    assert attack.access == "label" and not attack.fixed_epsilon
     with pytest.raises(TypeError, match="decision-based"):
         attack(tiny_model, x, y)
 
 
 def test_threat_models():
-    assert FoolboxPGD.threat_model == "whitebox" and FoolboxPGD.fixed_epsilon
-    assert FoolboxHSJA.threat_model == "label" and FoolboxBoundary.threat_model == "label"
+    assert FoolboxPGD.access == "whitebox" and FoolboxPGD.fixed_epsilon
+    assert FoolboxHSJA.access == "label" and FoolboxBoundary.access == "label"
     assert FoolboxHSJA(constraint="linf").norm == "linf"
 
 
@@ -216,5 +216,5 @@ def test_configs_instantiate(name: str, cls: type):
     cfg = OmegaConf.create({"seed": 4, "verbose": False, "attack": OmegaConf.load(CONF / f"{name}.yaml")})
     attack = instantiate(cfg.attack)
     assert isinstance(attack, cls) and attack.seed == 4
-    if attack.threat_model == "label":
+    if attack.access == "label":
         assert isinstance(attack.budget, int) and isinstance(attack.max_batch, int)

@@ -70,6 +70,7 @@ def test_wrapping_and_every_call_leave_modes_and_buffers_alone(mode: str, tmp_pa
         call(model)
         modes, buffers = snapshot(net)
         assert modes == before[0], name
+        assert model.validate_inputs, name  # an attack's trusted_inputs() block ended
         assert buffers.keys() == before[1].keys()
         for key, value in buffers.items():
             assert torch.equal(value, before[1][key]), (name, key)

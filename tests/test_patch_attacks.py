@@ -328,9 +328,9 @@ def test_surrogates_avoid_the_victim_architecture():
 def test_configs_instantiate_offline():
     with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
         patch = instantiate(compose(config_name="config", overrides=["attack=patch"]).attack)
-        gan = instantiate(compose(config_name="config", overrides=["attack=patch_gan", "attack.space=pixel"]).attack)
-    assert isinstance(patch, AdversarialPatch) and patch.sizes == [0.05, 0.1, 0.15] and patch.threat_model == "whitebox"
-    assert isinstance(gan, TransferPatch) and gan.space == "pixel" and gan.threat_model == "label"
+        gan = instantiate(compose(config_name="config", overrides=["attack=patch_gan", "++attack.space=pixel"]).attack)
+    assert isinstance(patch, AdversarialPatch) and patch.sizes == [0.05, 0.1, 0.15] and patch.access == "whitebox"
+    assert isinstance(gan, TransferPatch) and gan.space == "pixel" and gan.access == "label"
     assert gan.generator["n_crops"] == 4000 and gan.surrogate_recipe == {"epochs": 3, "train_subset": 10000}
 
 

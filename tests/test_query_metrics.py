@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from advsuite.attack import Attack, AttackResult, ThreatModel
+from advsuite.attack import Access, Attack, AttackResult
 from advsuite.errors import ConfigError, InputError
 from advsuite.evaluation import DEFAULT_BUDGETS, check_budgets, evaluate, query_metrics
 from advsuite.models import Classifier
@@ -77,7 +77,7 @@ def test_query_metrics_defaults_and_odd_counts() -> None:
 class ScriptedAttack(Attack):
     """Returns the given traces (in order of the attacked images) and changes nothing."""
 
-    threat_model: ClassVar[ThreatModel] = "label"
+    access: ClassVar[Access] = "label"
 
     def __init__(self, traces: list[torch.Tensor] | None, budget: int = 300) -> None:
         self.traces = traces

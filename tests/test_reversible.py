@@ -354,5 +354,5 @@ def test_config_instantiates() -> None:
     with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["attack=reversible_patch"])
     attack = instantiate(cfg.attack)
-    assert isinstance(attack, ReversiblePatch) and attack.threat_model == "whitebox"
+    assert isinstance(attack, ReversiblePatch) and attack.access == "whitebox"
     assert attack.size == 0.05 and attack.max_threshold == 63 and attack.codec == "auto"

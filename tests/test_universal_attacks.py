@@ -326,5 +326,5 @@ def test_configs_instantiate(name: str, cls: type) -> None:
     attack = instantiate(cfg.attack)
     assert type(attack) is cls
     assert attack.eps == pytest.approx(10 / 255) and attack.seed == 7
-    assert attack.fixed_epsilon and attack.norm == "linf" and attack.threat_model == "whitebox"
+    assert attack.fixed_epsilon and attack.norm == "linf" and attack.access == "whitebox"
     assert attack.transfer_models == []

@@ -192,7 +192,7 @@ def test_whitebox_refuses_an_oracle(tiny_model: Classifier, test_batch: Batch):
 def test_configs_instantiate(name: str, tiny_model: Classifier, test_batch: Batch):
     cfg = OmegaConf.create({"seed": 0, "verbose": False, "attack": OmegaConf.load(CONF / f"{name}.yaml")})
     attack = instantiate(cfg.attack)
-    assert isinstance(attack, Attack) and attack.threat_model == "whitebox" and attack.fixed_epsilon
+    assert isinstance(attack, Attack) and attack.access == "whitebox" and attack.fixed_epsilon
     x, y = test_batch
     if isinstance(attack, PGD):
         attack.steps = 2

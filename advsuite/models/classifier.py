@@ -117,6 +117,18 @@ class Classifier(nn.Module):
         with eval_mode(self):
             yield self
 
+    @contextmanager
+    def trusted_inputs(self) -> Iterator[Classifier]:
+        """Skip the input check in ``forward`` inside the block, for inputs the caller has already checked
+        or builds inside the bounds itself (an attack's iterates, an oracle's checked queries); the check
+        costs a min/max pass over every batch and breaks autograd-free fast paths."""
+        previous = self.validate_inputs
+        self.validate_inputs = False
+        try:
+            yield self
+        finally:
+            self.validate_inputs = previous
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Top-1 labels in eval mode, chunked by ``batch_size``; ``x`` may live on any device."""

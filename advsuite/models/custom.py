@@ -15,27 +15,28 @@ from advsuite.models.classifier import Classifier
 CUSTOM = "custom"
 
 
-def resolve_import_path(target: str) -> Callable[..., Any]:
-    """``package.module:attribute`` or ``package.module.attribute`` -> the object; errors name the path."""
+def resolve_import_path(target: str, group: str = "model") -> Callable[..., Any]:
+    """``package.module:attribute`` or ``package.module.attribute`` -> the object; errors name the path
+    as ``<group>.target`` (``model``, ``defense``)."""
     if not target or not isinstance(target, str):
-        raise ConfigError("model=custom needs model.target=<package.module:factory_or_class>")
+        raise ConfigError(f"{group}=custom needs {group}.target=<package.module:factory_or_class>")
     module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
     if not module_name or not attr:
-        raise ConfigError(f"model.target={target!r} is not an import path like 'my_pkg.nets:MyNet'")
+        raise ConfigError(f"{group}.target={target!r} is not an import path like 'my_pkg.nets:MyNet'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"model.target={target!r}: cannot import module {module_name!r} ({exc}); "
+            f"{group}.target={target!r}: cannot import module {module_name!r} ({exc}); "
             "is its package installed or on PYTHONPATH?"
         ) from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"model.target={target!r}: module {module_name!r} has no attribute {attr!r}")
+            raise ConfigError(f"{group}.target={target!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"model.target={target!r} is not a class or factory function")
+        raise ConfigError(f"{group}.target={target!r} is not a class or factory function")
     return obj
 
 

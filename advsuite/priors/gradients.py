@@ -133,14 +133,10 @@ def input_gradients(model: Classifier, x: torch.Tensor) -> torch.Tensor:
     """``d CE(model(x), argmax model(x)) / dx`` per image (the authors' ``calc_gt_grad``), float32."""
     check_images(x, bounds=model.bounds, shape=model.input_shape, name="reference gradient inputs")
     x = x.detach().clone().requires_grad_(True)
-    validate, model.validate_inputs = model.validate_inputs, False  # checked above, without autograd
-    try:
-        with torch.enable_grad():
-            logits = model(x).float()
-            loss = F.cross_entropy(logits, logits.argmax(1).detach(), reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x)
-    finally:
-        model.validate_inputs = validate
+    with model.trusted_inputs(), torch.enable_grad():  # checked above, without autograd
+        logits = model(x).float()
+        loss = F.cross_entropy(logits, logits.argmax(1).detach(), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
     return grad.detach()
 
 

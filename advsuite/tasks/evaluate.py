@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advsuite.attack import Attack, PrepareContext
 from advsuite.data import DataBundle, as_tensors
+from advsuite.defense import Defense, defend
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
 from advsuite.evaluation import evaluate
@@ -21,7 +22,7 @@ from advsuite.models.zoo import load_model
 from advsuite.paths import advsuite_home
 from advsuite.recording import RunRecorder, format_summary, run_names, write_artifacts
 from advsuite.seeding import make_generator, seed_everything
-from advsuite.tasks.options import build_run_attack, check_defense, check_run_options
+from advsuite.tasks.options import build_run_attack, build_run_defense, check_run_options
 
 # extra test images searched for targeted starting points
 STARTING_POOL = 2000
@@ -81,6 +82,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     attack: Attack | None = None
     model: Classifier | None = None
+    defense: Defense | None = None
 
     def names() -> dict[str, Any]:
         return run_names(
@@ -89,14 +91,14 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             attack_name=choices.get("attack") or type(attack).__name__,
             attack=attack,
             model=model,
-            defense=str(cfg.defense.get("name", "none")),
+            defense=defense.name if defense is not None else str(cfg.defense.get("name", "none")),
         )
 
     with recorder:
         recorder.names = names()  # so that a refused run's record says what it was
         # every option is checked before data, model or attack artifacts load
         check_run_options(cfg)
-        check_defense(cfg)
+        defense = build_run_defense(cfg, choices.get("defense"))
         attack = build_run_attack(cfg, choices.get("attack"))
         recorder.names = names()
         seed_everything(int(cfg.seed))
@@ -111,6 +113,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             seed=int(cfg.seed),
             verbose=bool(cfg.verbose),
         )
+        model = defend(model, defense)  # attacks, oracles and the re-check all see the defended model
         recorder.names = names()
         attack.prepare(
             PrepareContext(
@@ -127,7 +130,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         targets = starts = None
         if attack.targeted:
             targets = choose_targets(y, data.num_classes, cfg.task.targeted_selection, int(cfg.seed))
-            if attack.threat_model == "label":
+            if attack.access == "label":
                 starts = starting_images(model, data, targets, len(x), int(cfg.seed), int(cfg.batch_size))
         ev = evaluate(
             model,

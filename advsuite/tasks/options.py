@@ -1,27 +1,27 @@
 """Checks of a composed run config, made before any data, model or attack artifact loads.
 
 A typo or a bad value should cost a second, not a model training: every task calls
-:func:`check_run_options` first, and ``task=evaluate`` builds its attack (the attack validates its own
-values) and checks the defense before it touches data.
+:func:`check_run_options` first, and ``task=evaluate`` builds its attack and its defense (each validates its own
+values) before it touches data.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import inspect
 import math
 from collections.abc import Iterable, Mapping
 from difflib import get_close_matches
 from typing import Any
 
-from hydra.utils import get_class
+from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
 from advsuite.attack import Attack, construct_attack
 from advsuite.configs import to_plain
+from advsuite.defense import Defense
 from advsuite.errors import ConfigError
 
-#: defenses a run can name today (``defense=``); each declares its options here
-DEFENSE_OPTIONS: dict[str, tuple[str, ...]] = {"none": ("name",)}
 DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -65,13 +65,27 @@ def build_run_attack(cfg: DictConfig, choice: str | None = None) -> Attack:
     return construct_attack(cls, {str(k): v for k, v in options.items()}, label)
 
 
-def check_defense(cfg: DictConfig) -> None:
-    """The defense must be one advsuite has, with only the options it declares."""
-    defense = cfg.get("defense") or {}
-    name = str(defense.get("name", "none"))
-    if name not in DEFENSE_OPTIONS:
-        raise ConfigError(f"unknown defense {name!r}; valid defenses: {', '.join(DEFENSE_OPTIONS)}")
-    _known_keys(defense, DEFENSE_OPTIONS[name], f"defense {name}", "defense")
+def build_run_defense(cfg: DictConfig, choice: str | None = None) -> Defense | None:
+    """The defense of ``cfg.defense`` (``None`` for ``defense=none``), its options checked against the
+    signature of its ``_target_`` (the defense's own constructor validates the values)."""
+    label = f"defense {choice or cfg.defense.get('name', '')}".strip()
+    options = OmegaConf.to_container(cfg.defense, resolve=True)
+    if not isinstance(options, dict) or "_target_" not in options:
+        raise ConfigError(
+            f"{label} has no _target_ (the Defense class to build, e.g. advsuite.defenses.BitDepthReduction)"
+        )
+    target = str(options.pop("_target_"))
+    kwargs = {str(k): v for k, v in options.items()}
+    try:
+        factory = get_method(target)
+    except Exception as exc:  # Hydra raises ImportError or ValueError subclasses
+        raise ConfigError(f"{label}: cannot import its _target_ {target!r} ({exc})") from exc
+    valid = [p for p in inspect.signature(factory).parameters if p != "self"]
+    _known_keys(kwargs, valid, label, "defense")
+    defense = factory(**kwargs)
+    if defense is not None and not isinstance(defense, Defense):
+        raise ConfigError(f"{label}: {target} built a {type(defense).__name__}, not an advsuite Defense")
+    return defense
 
 
 def declared_task_options(name: str) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from advsuite.attack import Attack, AttackResult, PrepareContext, ThreatModel
+from advsuite.attack import Access, Attack, AttackResult, PrepareContext
 from advsuite.configs import to_plain
 from advsuite.errors import ConfigError, InputError
 from advsuite.oracles import LabelOracle
@@ -61,8 +61,7 @@ class HSJA(Attack):
     a constant ``num_probes``. ``iterations`` None runs until each image's budget is spent.
     """
 
-    threat_model: ClassVar[ThreatModel] = "label"
-    fixed_epsilon: ClassVar[bool] = False
+    access: ClassVar[Access] = "label"
 
     budget: int | None = 1000
     max_batch: int = 1000

@@ -61,7 +61,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from advsuite.attack import Attack, AttackResult, PrepareContext, ThreatModel
+from advsuite.attack import Access, AttackResult, FixedEpsilonAttack, PrepareContext
 from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
@@ -119,11 +119,10 @@ def logits_of(model: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tens
 
 
 @dataclass
-class DIVA(Attack):
+class DIVA(FixedEpsilonAttack):
     """DIVA (Hao et al., MLSys 2022) and its PGD-on-the-adapted-model baseline; see the module docstring."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
-    fixed_epsilon: ClassVar[bool] = True
+    access: ClassVar[Access] = "whitebox"
     norm = "linf"
 
     method: str = "diva"
@@ -280,8 +279,7 @@ class DIVA(Attack):
         x_adv = x.clone()
         stopped = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        validate, target.validate_inputs = target.validate_inputs, False  # x was checked by Attack.__call__
-        try:
+        with target.trusted_inputs():  # x was checked by Attack.__call__
             for step in range(self.steps):
                 live = (~stopped).nonzero().squeeze(1)
                 if len(live) == 0:
@@ -315,8 +313,6 @@ class DIVA(Attack):
                     queries[live] += 2
                 success = target(x_adv).argmax(1) != y  # the original fooled too: the attack is detected
                 queries += 1
-        finally:
-            target.validate_inputs = validate
         return AttackResult(
             x=x,
             x_adv=x_adv.detach(),

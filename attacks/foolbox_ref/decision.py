@@ -10,7 +10,7 @@ import foolbox as fb
 import torch
 from tqdm.auto import tqdm
 
-from advsuite.attack import Attack, AttackResult, ThreatModel
+from advsuite.attack import Access, Attack, AttackResult
 from advsuite.errors import InputError
 from advsuite.oracles import LabelOracle
 
@@ -34,8 +34,7 @@ class FoolboxDecisionAttack(Attack):
     the budget. foolbox's global random generators are seeded from ``seed`` once per call.
     """
 
-    threat_model: ClassVar[ThreatModel] = "label"
-    fixed_epsilon: ClassVar[bool] = False
+    access: ClassVar[Access] = "label"
 
     budget: int | None = 1000
     max_batch: int = 1000

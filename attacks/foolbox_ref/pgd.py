@@ -20,21 +20,20 @@ from typing import Any, ClassVar
 import foolbox as fb
 import torch
 
-from advsuite.attack import Attack, AttackResult, ThreatModel
+from advsuite.attack import Access, AttackResult, FixedEpsilonAttack
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 
 from ..checks import check_choice, check_flags, check_number
-from ..whitebox.pgd import NORMS, as_epsilons
+from ..whitebox.pgd import NORMS
 from .adapter import seeded
 
 
 @dataclass
-class FoolboxPGD(Attack):
+class FoolboxPGD(FixedEpsilonAttack):
     """foolbox's LinfPGD / L2PGD (Madry et al. ICLR 2018) on the Classifier."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
-    fixed_epsilon: ClassVar[bool] = True
+    access: ClassVar[Access] = "whitebox"
 
     norm: str = "linf"
     eps: float | list[float] = 0.3
@@ -50,17 +49,12 @@ class FoolboxPGD(Attack):
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_choice(owner, "norm", self.norm, NORMS)
-        epsilons = as_epsilons(owner, self.eps)
-        self.eps = epsilons[0] if isinstance(self.eps, int | float) else sorted(epsilons)
+        self._normalise_eps()
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"{owner}: steps must be an integer >= 1, got {self.steps!r}")
         check_number(owner, "step_size", self.step_size)
         check_number(owner, "rel_stepsize", self.rel_stepsize)
         check_flags(owner, self, "random_start", "targeted")
-
-    @property
-    def epsilons(self) -> list[float]:
-        return as_epsilons(type(self).__name__, self.eps)
 
     def foolbox_attack(self) -> fb.attacks.base.FixedEpsilonAttack:
         kwargs: dict[str, Any] = {"steps": self.steps, "random_start": self.random_start}
@@ -84,12 +78,8 @@ class FoolboxPGD(Attack):
         criterion: Any = (
             fb.criteria.TargetedMisclassification(targets) if targets is not None else fb.criteria.Misclassification(y)
         )
-        validate, target.validate_inputs = target.validate_inputs, False  # x was checked by Attack.__call__
-        try:
-            with seeded(self.seed, x.device):
-                _, clipped, success = self.foolbox_attack()(fmodel, x, criterion, epsilons=epsilons)
-        finally:
-            target.validate_inputs = validate
+        with target.trusted_inputs(), seeded(self.seed, x.device):  # x was checked by Attack.__call__
+            _, clipped, success = self.foolbox_attack()(fmodel, x, criterion, epsilons=epsilons)
         largest = max(range(len(epsilons)), key=lambda i: epsilons[i])
         return AttackResult(
             x=x,

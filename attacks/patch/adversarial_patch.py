@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from advsuite.attack import PrepareContext, ThreatModel
+from advsuite.attack import Access, PrepareContext
 from advsuite.errors import ConfigError, InputError
 from advsuite.models.classifier import Classifier
 from advsuite.seeding import make_generator
@@ -58,7 +58,7 @@ from .base import UniversalPatchAttack, objective, training_images
 class AdversarialPatch(UniversalPatchAttack):
     """Brown et al.'s universal adversarial patch (EOT over location, scale and rotation); white-box."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
+    access: ClassVar[Access] = "whitebox"
 
     size: float | list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15])
     epochs: int = 5
@@ -123,25 +123,21 @@ class AdversarialPatch(UniversalPatchAttack):
         losses: list[float] = []
         queries = 0
         start = time.perf_counter()
-        validate, model.validate_inputs = model.validate_inputs, False  # the composite stays in [0, 1]
-        try:
-            with torch.enable_grad():
-                for _ in range(self.epochs):
-                    total = 0.0
-                    for batch in torch.randperm(len(x), generator=order).split(self.batch_size):
-                        xb = x[batch].to(device)
-                        labels = (y[batch] if target is None else torch.full((len(batch),), target)).to(device)
-                        value = objective(model(self.eot(xb, patch, gen)), labels, target is not None)
-                        opt.zero_grad(set_to_none=True)
-                        (-value.mean()).backward()
-                        opt.step()
-                        with torch.no_grad():
-                            patch.clamp_(0, 1)
-                        queries += len(batch)
-                        total += float(value.detach().sum())
-                    losses.append(total / len(x))
-        finally:
-            model.validate_inputs = validate
+        with model.trusted_inputs(), torch.enable_grad():  # the composite stays in [0, 1]
+            for _ in range(self.epochs):
+                total = 0.0
+                for batch in torch.randperm(len(x), generator=order).split(self.batch_size):
+                    xb = x[batch].to(device)
+                    labels = (y[batch] if target is None else torch.full((len(batch),), target)).to(device)
+                    value = objective(model(self.eot(xb, patch, gen)), labels, target is not None)
+                    opt.zero_grad(set_to_none=True)
+                    (-value.mean()).backward()
+                    opt.step()
+                    with torch.no_grad():
+                        patch.clamp_(0, 1)
+                    queries += len(batch)
+                    total += float(value.detach().sum())
+                losses.append(total / len(x))
         self.fit_log[(side, target)] = {
             "queries": queries,
             "objective_per_epoch": losses,

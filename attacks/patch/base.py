@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from advsuite.attack import Attack, AttackResult, ThreatModel
+from advsuite.attack import Access, Attack, AttackResult
 from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
@@ -72,7 +72,7 @@ def objective(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> tor
 class UniversalPatchAttack(Attack):
     """Base of the universal patch attacks (see the module docstring); not instantiated directly."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
+    access: ClassVar[Access] = "whitebox"
 
     #: patch area as a fraction of the image area; a list fits one patch per size (the success-vs-size curve)
     size: float | list[float] = 0.1

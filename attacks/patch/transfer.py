@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from advsuite.attack import PrepareContext, ThreatModel
+from advsuite.attack import Access, PrepareContext
 from advsuite.configs import to_plain
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
@@ -81,7 +82,7 @@ def resolve_surrogates(surrogates: Any, victim_arch: str | None) -> list[Any]:
 class TransferPatch(UniversalPatchAttack):
     """Xiao et al.'s transferable patch: G(w) (``space: latent``) or pixels, MI + DI + TI over surrogates."""
 
-    threat_model: ClassVar[ThreatModel] = "label"
+    access: ClassVar[Access] = "label"
 
     space: str = "latent"
     surrogates: Any = "auto"
@@ -249,30 +250,24 @@ class TransferPatch(UniversalPatchAttack):
         momentum = torch.zeros_like(var)
         trace: list[float] = []
         start = time.perf_counter()
-        states = [(m, m.validate_inputs, m.training) for m in self._models]
-        for m, _, _ in states:
-            m.validate_inputs = False  # every composite is clipped to [0, 1]
-            m.eval()
-        try:
-            with torch.enable_grad():
-                for _ in range(self.steps):
-                    batch = torch.randint(len(x), (min(self.batch_size, len(x)),), generator=order)
-                    xb = x[batch].to(device)
-                    labels = (torch.full((len(batch),), target) if target is not None else y[batch]).to(device)
-                    v = var.detach().requires_grad_(True)
-                    patch = render(v)
-                    placed = input_diversity(self.eot(xb, patch, gen), gen, prob=self.di_prob, low=self.di_low)
-                    value = torch.stack([objective(m(placed), labels, targeted).mean() for m in self._models]).mean()
-                    (grad_p,) = torch.autograd.grad(value, patch, retain_graph=self.space == "latent")
-                    grad_p = gaussian_smoothing(grad_p, self.ti_kernel, self.ti_sigma)
-                    grad = torch.autograd.grad(patch, v, grad_outputs=grad_p)[0] if self.space == "latent" else grad_p
-                    momentum = self.momentum * momentum + grad / grad.abs().mean().clamp_min(1e-12)
-                    var = (var + self.alpha * momentum.sign()).clamp(low, high)
-                    trace.append(float(value.detach()))
-        finally:
-            for m, validate, training in states:
-                m.validate_inputs = validate
-                m.train(training)
+        with ExitStack() as stack, torch.enable_grad():
+            for m in self._models:  # every composite is clipped to [0, 1]
+                stack.enter_context(m.trusted_inputs())
+                stack.enter_context(m.evaluating())
+            for _ in range(self.steps):
+                batch = torch.randint(len(x), (min(self.batch_size, len(x)),), generator=order)
+                xb = x[batch].to(device)
+                labels = (torch.full((len(batch),), target) if target is not None else y[batch]).to(device)
+                v = var.detach().requires_grad_(True)
+                patch = render(v)
+                placed = input_diversity(self.eot(xb, patch, gen), gen, prob=self.di_prob, low=self.di_low)
+                value = torch.stack([objective(m(placed), labels, targeted).mean() for m in self._models]).mean()
+                (grad_p,) = torch.autograd.grad(value, patch, retain_graph=self.space == "latent")
+                grad_p = gaussian_smoothing(grad_p, self.ti_kernel, self.ti_sigma)
+                grad = torch.autograd.grad(patch, v, grad_outputs=grad_p)[0] if self.space == "latent" else grad_p
+                momentum = self.momentum * momentum + grad / grad.abs().mean().clamp_min(1e-12)
+                var = (var + self.alpha * momentum.sign()).clamp(low, high)
+                trace.append(float(value.detach()))
         with torch.no_grad():
             patch = render(var).detach().clamp(0, 1)
         if self.space == "latent":

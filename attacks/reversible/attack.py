@@ -47,7 +47,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from advsuite.attack import Attack, AttackResult, PrepareContext, ThreatModel
+from advsuite.attack import Access, Attack, AttackResult, PrepareContext
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import is_adversarial
@@ -87,7 +87,7 @@ class _Record:
 class ReversiblePatch(Attack):
     """Chen et al.'s reversible attack: a visible patch plus B-R-G reversible data hiding; white-box."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
+    access: ClassVar[Access] = "whitebox"
 
     #: patch area as a fraction of the image area (one size)
     size: float = 0.05

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from advsuite.attack import Attack, AttackResult, PrepareContext, ThreatModel
+from advsuite.attack import Access, AttackResult, FixedEpsilonAttack, PrepareContext
 from advsuite.configs import to_plain
 from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError, InputError
@@ -75,11 +75,10 @@ class _Fit:
 
 
 @dataclass
-class UniversalAttack(Attack):
+class UniversalAttack(FixedEpsilonAttack):
     """Base class: one δ per model, fitted lazily by :meth:`fit`, applied to every image."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
-    fixed_epsilon: ClassVar[bool] = True
+    access: ClassVar[Access] = "whitebox"
     norm = "linf"
 
     eps: float = DEFAULT_EPS
@@ -179,12 +178,8 @@ class UniversalAttack(Attack):
         entry = self._fits.get(id(model))
         if entry is not None and entry.model() is model:
             return entry
-        validate, model.validate_inputs = model.validate_inputs, False  # fit builds its inputs in bounds itself
-        try:
-            with model.evaluating(), torch.enable_grad():
-                delta, info = self.fit(model)
-        finally:
-            model.validate_inputs = validate
+        with model.trusted_inputs(), model.evaluating(), torch.enable_grad():  # fit builds its inputs in bounds itself
+            delta, info = self.fit(model)
         radius = linf_radius(self.eps, delta.dtype)
         if tuple(delta.shape) != (1, *model.input_shape) or float(delta.abs().max()) > radius:
             raise AssertionError(f"{type(self).__name__}.fit returned δ of shape {tuple(delta.shape)} outside the ball")

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,12 +168,12 @@ def activation_objective(
     selection = select_layers(model.net, layers)
     inputs = x.to(model.device) + delta.to(model.device)
     inputs = inputs.clamp(*model.bounds) if clip else inputs
-    validate, model.validate_inputs = model.validate_inputs, clip
-    try:
+    # unclipped inputs (the ``none`` prior's) may leave the bounds on purpose; clipped ones are checked
+    with ExitStack() as stack:
+        if not clip:
+            stack.enter_context(model.trusted_inputs())
         with torch.no_grad(), model.evaluating(), recording(selection) as outputs:
             return float(log_energy(layer_features(model, inputs, selection, outputs)))
-    finally:
-        model.validate_inputs = validate
 
 
 # ----------------------------------------------------------------------------------- the attack

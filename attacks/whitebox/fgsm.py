@@ -18,19 +18,18 @@ from typing import ClassVar
 
 import torch
 
-from advsuite.attack import Attack, AttackResult, ThreatModel
+from advsuite.attack import Access, AttackResult, FixedEpsilonAttack
 from advsuite.models.classifier import Classifier
 
 from ..checks import check_choice, check_flags
-from .pgd import LOSSES, NORMS, as_epsilons, ascent_direction, check, objective
+from .pgd import LOSSES, NORMS, ascent_direction, check, objective
 
 
 @dataclass
-class FGSM(Attack):
+class FGSM(FixedEpsilonAttack):
     """FGSM (Linf) / FGM (L2), Goodfellow et al. ICLR 2015."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
-    fixed_epsilon: ClassVar[bool] = True
+    access: ClassVar[Access] = "whitebox"
 
     norm: str = "linf"
     eps: float | list[float] = 0.3
@@ -41,13 +40,8 @@ class FGSM(Attack):
         owner = type(self).__name__
         check_choice(owner, "norm", self.norm, NORMS)
         check_choice(owner, "loss", self.loss, LOSSES)
-        epsilons = as_epsilons(owner, self.eps)
-        self.eps = epsilons[0] if isinstance(self.eps, int | float) else sorted(epsilons)
+        self._normalise_eps()
         check_flags(owner, self, "targeted")
-
-    @property
-    def epsilons(self) -> list[float]:
-        return as_epsilons(type(self).__name__, self.eps)
 
     def run(
         self,
@@ -60,8 +54,7 @@ class FGSM(Attack):
     ) -> AttackResult:
         epsilons = self.epsilons
         labels = targets if targets is not None else y
-        validate, target.validate_inputs = target.validate_inputs, False  # x was checked by Attack.__call__
-        try:
+        with target.trusted_inputs():  # x was checked by Attack.__call__
             with torch.enable_grad():
                 x_grad = x.clone().requires_grad_(True)
                 loss = objective(target(x_grad), labels, targeted=targets is not None, loss=self.loss).sum()
@@ -69,8 +62,6 @@ class FGSM(Attack):
             direction = ascent_direction(grad, self.norm)
             by_eps = [(x + eps * direction).clamp(*target.bounds) for eps in epsilons]
             success_by_eps = [check(target, x_adv, y, targets, self.loss)[0] for x_adv in by_eps]
-        finally:
-            target.validate_inputs = validate
         largest = max(range(len(epsilons)), key=lambda i: epsilons[i])
         return AttackResult(
             x=x,

@@ -31,14 +31,13 @@ restarts is therefore charged ``Σ_eps Σ_restarts-run (steps + 1)`` queries.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from advsuite.attack import Attack, AttackResult, ThreatModel
+from advsuite.attack import Access, AttackResult, FixedEpsilonAttack
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.seeding import make_generator
@@ -50,18 +49,6 @@ LOSSES = ("ce", "margin")
 
 
 # ----------------------------------------------------------------------------------- validation
-
-
-def as_epsilons(owner: str, eps: Any) -> list[float]:
-    """``eps`` as a non-empty list of floats >= 0 (a single number or any sequence, e.g. a Hydra ListConfig)."""
-    values = [eps] if isinstance(eps, int | float) and not isinstance(eps, bool) else eps
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{owner}: eps must be a number or a list of numbers, got {eps!r}") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise ConfigError(f"{owner}: eps must be a non-empty list of finite numbers >= 0, got {eps!r}")
-    return values
 
 
 # ----------------------------------------------------------------------------------- the pieces
@@ -133,11 +120,10 @@ def check(
 
 
 @dataclass
-class PGD(Attack):
+class PGD(FixedEpsilonAttack):
     """Projected gradient descent, Madry et al. ICLR 2018 (Linf and L2; one or several epsilons)."""
 
-    threat_model: ClassVar[ThreatModel] = "whitebox"
-    fixed_epsilon: ClassVar[bool] = True
+    access: ClassVar[Access] = "whitebox"
 
     norm: str = "linf"
     eps: float | list[float] = 0.3
@@ -156,8 +142,7 @@ class PGD(Attack):
         owner = type(self).__name__
         check_choice(owner, "norm", self.norm, NORMS)
         check_choice(owner, "loss", self.loss, LOSSES)
-        epsilons = as_epsilons(owner, self.eps)
-        self.eps = epsilons[0] if isinstance(self.eps, int | float) else sorted(epsilons)
+        self._normalise_eps()
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"{owner}: steps must be an integer >= 1, got {self.steps!r}")
         if not isinstance(self.restarts, int) or self.restarts < 1:
@@ -167,10 +152,6 @@ class PGD(Attack):
         check_flags(owner, self, "random_start", "targeted")
         if self.restarts > 1 and not self.random_start:
             raise ConfigError(f"{owner}: restarts > 1 needs random_start=true (otherwise every restart is identical)")
-
-    @property
-    def epsilons(self) -> list[float]:
-        return as_epsilons(type(self).__name__, self.eps)
 
     def alpha(self, eps: float) -> float:
         """The step size used for ``eps``."""
@@ -192,14 +173,11 @@ class PGD(Attack):
         queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
         by_eps: list[torch.Tensor] = []
         success_by_eps: list[torch.Tensor] = []
-        validate, target.validate_inputs = target.validate_inputs, False  # x was checked by Attack.__call__
-        try:
+        with target.trusted_inputs():  # x was checked by Attack.__call__
             for eps in epsilons:
                 x_adv, success = self._attack_eps(target, x, y, targets, eps, queries)
                 by_eps.append(x_adv)
                 success_by_eps.append(success)
-        finally:
-            target.validate_inputs = validate
         largest = max(range(len(epsilons)), key=lambda i: epsilons[i])
         return AttackResult(
             x=x,
