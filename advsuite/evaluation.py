@@ -205,78 +205,160 @@ def evaluate(
     at larger budgets are ``None``. These come from the attack's traces, i.e. its own bookkeeping
     of the best adversarial so far, not from the re-check (compare ``flips``).
     """
-    budgets = check_budgets(budgets)
-    for name, value in (("mse_threshold", mse_threshold), ("l2_threshold", l2_threshold)):
-        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{name} must be a non-negative number or None, got {value!r}")
+    budgets = _checked_options(budgets, mse_threshold, l2_threshold)
     _check_inputs(model, x, y, targets, starting_points)
     x, y = x.cpu(), y.cpu()
     targets = None if targets is None else targets.cpu()
     starting_points = None if starting_points is None else starting_points.cpu()
-    n = len(x)
-    clean_pred = model.predict(x, batch_size)
-    clean_correct = clean_pred == y
-    attacked = clean_correct.clone()
-    if targets is not None:
-        attacked &= targets != y
+    clean_correct = model.predict(x, batch_size) == y
+    attacked = clean_correct & (targets != y) if targets is not None else clean_correct.clone()
+    run = _run_attack(model, attack, x, y, targets, starting_points, attacked, batch_size, verbose)
+    success, epsilons, robust_by_eps = _recheck(model, attack, x, y, targets, attacked, clean_correct, run, batch_size)
+    metrics = _summary(x, attacked, clean_correct, success, run, epsilons, robust_by_eps)
+    for key, value in attack.extra_metrics(
+        model, x, y, run.x_adv, attacked, targets=targets, batch_size=batch_size
+    ).items():
+        if key in metrics:
+            raise ConfigError(f"{type(attack).__name__}.extra_metrics returned {key!r}, a standard metric's name")
+        metrics[key] = finite_number(value)
+    if run.oracle_stats["calls"]:
+        metrics["rows_per_call"] = run.oracle_stats["rows"] / run.oracle_stats["calls"]
     idx = attacked.nonzero().squeeze(1)
-
-    x_adv = x.clone().cpu()
-    claimed = torch.zeros(n, dtype=torch.bool)
-    queries = torch.zeros(n, dtype=torch.long)
-    traces: list[torch.Tensor] = [torch.empty(0, 2) for _ in range(n)]
-    epsilons: list[float] | None = None
-    adv_by_eps: list[torch.Tensor] = []
-    oracle_stats = {"calls": 0.0, "rows": 0.0, "forward_seconds": 0.0}
-    traced = False
-    chunks = idx.split(batch_size)
-    for chunk in tqdm(chunks, desc=type(attack).__name__, disable=not verbose or len(chunks) < 2):
-        result, q, stats = _attack_batch(
-            model,
-            attack,
-            x[chunk],
-            y[chunk],
-            None if targets is None else targets[chunk],
-            None if starting_points is None else starting_points[chunk],
+    attacked_traces = [run.traces[i] for i in idx.tolist()]
+    metrics.update(query_budgets=budgets, mse_threshold=mse_threshold, l2_threshold=l2_threshold)
+    metrics.update(dict.fromkeys(QUERY_METRIC_KEYS))
+    by_budget: dict[str, Any] = {"mse_at": None, "l2_at": None}
+    if run.traced:
+        at, per_budget = query_metrics(
+            attacked_traces,
+            math.prod(x.shape[1:]),
+            budgets=budgets,
+            mse_threshold=mse_threshold,
+            l2_threshold=l2_threshold,
+            reach=_reach(attack, run, attacked, attacked_traces),
         )
-        x_adv[chunk] = result.x_adv.detach().cpu()
-        claimed[chunk] = result.success.cpu()
-        queries[chunk] = q
+        metrics.update(at)
+        by_budget = {name: _spread(values, idx, len(x)) for name, values in per_budget.items()}
+    per_sample = _per_sample(x, y, targets, clean_correct, attacked, success, run) | by_budget
+    return Evaluation(
+        metrics=metrics,
+        per_sample=per_sample,
+        x=x,
+        x_adv=run.x_adv,
+        attacked=attacked,
+        traces=attacked_traces,
+        epsilons=epsilons,
+        robust_by_eps=robust_by_eps,
+        oracle_stats=run.oracle_stats,
+        traced=run.traced,
+    )
+
+
+# -- the stages of evaluate() -------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What the attack returned, over all ``n`` images: its own claims, not yet re-checked."""
+
+    x_adv: torch.Tensor
+    claimed: torch.Tensor
+    queries: torch.Tensor
+    traces: list[torch.Tensor]
+    traced: bool
+    epsilons: list[float] | None
+    adv_by_eps: list[torch.Tensor]
+    oracle_stats: dict[str, float]
+
+
+def _checked_options(budgets: Sequence[int], mse_threshold: float | None, l2_threshold: float | None) -> list[int]:
+    for name, value in (("mse_threshold", mse_threshold), ("l2_threshold", l2_threshold)):
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a non-negative number or None, got {value!r}")
+    return check_budgets(budgets)
+
+
+def _run_attack(
+    model: Classifier,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor | None,
+    starting_points: torch.Tensor | None,
+    attacked: torch.Tensor,
+    batch_size: int,
+    verbose: bool,
+) -> _Run:
+    """Attack the ``attacked`` images in chunks of ``batch_size``; gather images, claims, queries, traces."""
+    n = len(x)
+    run = _Run(x.clone(), torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.long), [], False, None, [], {})
+    run.traces = [torch.empty(0, 2) for _ in range(n)]
+    run.oracle_stats = {"calls": 0.0, "rows": 0.0, "forward_seconds": 0.0}
+    chunks = attacked.nonzero().squeeze(1).split(batch_size)
+    for chunk in tqdm(chunks, desc=type(attack).__name__, disable=not verbose or len(chunks) < 2):
+        chunk_targets = None if targets is None else targets[chunk]
+        chunk_starts = None if starting_points is None else starting_points[chunk]
+        result, q, stats = _attack_batch(model, attack, x[chunk], y[chunk], chunk_targets, chunk_starts)
+        run.x_adv[chunk] = result.x_adv.detach().cpu()
+        run.claimed[chunk] = result.success.cpu()
+        run.queries[chunk] = q
         for key, value in stats.items():
-            oracle_stats[key] += value
+            run.oracle_stats[key] += value
         if result.trace is not None:
-            traced = True
+            run.traced = True
             for i, trace in zip(chunk.tolist(), result.trace, strict=True):
-                traces[i] = trace.cpu()
+                run.traces[i] = trace.cpu()
         if result.epsilons is not None and result.x_adv_by_eps is not None:
-            if not adv_by_eps:
-                epsilons = list(result.epsilons)
-                adv_by_eps = [x.clone().cpu() for _ in epsilons]
+            if not run.adv_by_eps:
+                run.epsilons = list(result.epsilons)
+                run.adv_by_eps = [x.clone() for _ in run.epsilons]
             for e, adv in enumerate(result.x_adv_by_eps):
-                adv_by_eps[e][chunk] = adv.detach().cpu()
+                run.adv_by_eps[e][chunk] = adv.detach().cpu()
+    return run
 
-    # the fresh re-check: one forward pass of the model on everything the attack returned
-    def recheck(adv: torch.Tensor) -> torch.Tensor:
-        ok = is_adversarial(model.predict(adv, batch_size), y, targets)
-        return ok & attacked
 
-    success = recheck(x_adv)
-    norm = attack.norm
-    robust_by_eps: list[float] | None = None
-    if isinstance(attack, FixedEpsilonAttack):
-        eps_list = epsilons or attack.epsilons
-        advs = adv_by_eps or [x_adv]
-        robust_by_eps = []
-        for eps, adv in zip(eps_list, advs, strict=True):
-            fooled = recheck(adv) & _inside_ball(x, adv, eps, norm)
-            robust_by_eps.append(float((clean_correct & ~fooled).float().mean()))
-        success &= _inside_ball(x, x_adv, eps_list[-1], norm)
-        epsilons = eps_list
-    flips = int((claimed & attacked & ~success).sum())
+def _recheck(
+    model: Classifier,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor | None,
+    attacked: torch.Tensor,
+    clean_correct: torch.Tensor,
+    run: _Run,
+    batch_size: int,
+) -> tuple[torch.Tensor, list[float] | None, list[float] | None]:
+    """The fresh re-check, one forward pass of the model on everything the attack returned:
+    ``(success, epsilons, robust accuracy at each epsilon)``; a fixed-epsilon result counts only inside its ball."""
 
-    dist = distances(x, x_adv)
+    def fooled(adv: torch.Tensor) -> torch.Tensor:
+        return is_adversarial(model.predict(adv, batch_size), y, targets) & attacked
+
+    success = fooled(run.x_adv)
+    if not isinstance(attack, FixedEpsilonAttack):
+        return success, run.epsilons, None
+    epsilons = run.epsilons or attack.epsilons
+    robust_by_eps = []
+    for eps, adv in zip(epsilons, run.adv_by_eps or [run.x_adv], strict=True):
+        broken = fooled(adv) & _inside_ball(x, adv, eps, attack.norm)
+        robust_by_eps.append(float((clean_correct & ~broken).float().mean()))
+    return success & _inside_ball(x, run.x_adv, epsilons[-1], attack.norm), epsilons, robust_by_eps
+
+
+def _summary(
+    x: torch.Tensor,
+    attacked: torch.Tensor,
+    clean_correct: torch.Tensor,
+    success: torch.Tensor,
+    run: _Run,
+    epsilons: list[float] | None,
+    robust_by_eps: list[float] | None,
+) -> dict[str, Any]:
+    """Accuracy, success, distances of the successes, queries and flips."""
+    dist = distances(x, run.x_adv)
     won = success & attacked
-    metrics: dict[str, Any] = {
+    n = len(x)
+    return {
         "n_examples": n,
         "n_attacked": int(attacked.sum()),
         "clean_accuracy": float(clean_correct.float().mean()) if n else None,
@@ -290,62 +372,41 @@ def evaluate(
         "median_linf": _median(dist["linf"][won]),
         "mean_linf": _mean(dist["linf"][won]),
         "median_mse": _median(dist["mse"][won]),
-        "median_queries": _median(queries[attacked]),
-        "mean_queries": _mean(queries[attacked]),
-        "flips": flips,
+        "median_queries": _median(run.queries[attacked]),
+        "mean_queries": _mean(run.queries[attacked]),
+        "flips": int((run.claimed & attacked & ~success).sum()),
     }
-    for key, value in attack.extra_metrics(
-        model, x, y, x_adv, attacked, targets=targets, batch_size=batch_size
-    ).items():
-        if key in metrics:
-            raise ConfigError(f"{type(attack).__name__}.extra_metrics returned {key!r}, a standard metric's name")
-        metrics[key] = finite_number(value)
-    if oracle_stats["calls"]:
-        metrics["rows_per_call"] = oracle_stats["rows"] / oracle_stats["calls"]
-    attacked_traces = [traces[i] for i in idx.tolist()]
-    metrics.update(query_budgets=budgets, mse_threshold=mse_threshold, l2_threshold=l2_threshold)
-    metrics.update(dict.fromkeys(QUERY_METRIC_KEYS))
-    by_budget: dict[str, Any] = {"mse_at": None, "l2_at": None}
-    if traced:
-        spent = [float(queries[attacked].max())] if attacked.any() else []
-        spent += [float(t[:, 0].max()) for t in attacked_traces if len(t)]
-        declared = finite_number(attack.budget)
-        reach = max([*spent, declared or 0.0], default=0.0)
-        at, per_budget = query_metrics(
-            attacked_traces,
-            math.prod(x.shape[1:]),
-            budgets=budgets,
-            mse_threshold=mse_threshold,
-            l2_threshold=l2_threshold,
-            reach=reach,
-        )
-        metrics.update(at)
-        by_budget = {name: _spread(values, idx, n) for name, values in per_budget.items()}
-    per_sample: dict[str, Any] = {
+
+
+def _reach(attack: Attack, run: _Run, attacked: torch.Tensor, attacked_traces: list[torch.Tensor]) -> float:
+    """How far in queries the run could go: the attack's budget or the most queries spent on any image."""
+    spent = [float(run.queries[attacked].max())] if attacked.any() else []
+    spent += [float(t[:, 0].max()) for t in attacked_traces if len(t)]
+    return max([*spent, finite_number(attack.budget) or 0.0], default=0.0)
+
+
+def _per_sample(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor | None,
+    clean_correct: torch.Tensor,
+    attacked: torch.Tensor,
+    success: torch.Tensor,
+    run: _Run,
+) -> dict[str, Any]:
+    dist = distances(x, run.x_adv)
+    return {
         "label": y.tolist(),
         "target": None if targets is None else targets.tolist(),
         "clean_correct": clean_correct.tolist(),
         "attacked": attacked.tolist(),
-        "claimed": claimed.tolist(),
+        "claimed": run.claimed.tolist(),
         "success": success.tolist(),
-        "queries": queries.tolist(),
+        "queries": run.queries.tolist(),
         "l2": dist["l2"].tolist(),
         "linf": dist["linf"].tolist(),
         "mse": dist["mse"].tolist(),
-        **by_budget,
     }
-    return Evaluation(
-        metrics=metrics,
-        per_sample=per_sample,
-        x=x,
-        x_adv=x_adv,
-        attacked=attacked,
-        traces=attacked_traces,
-        epsilons=epsilons,
-        robust_by_eps=robust_by_eps,
-        oracle_stats=oracle_stats,
-        traced=traced,
-    )
 
 
 def _check_inputs(

@@ -142,70 +142,18 @@ def load_model(
     parsed = parse_spec(spec)
     merged = Recipe.coerce(to_plain(recipe), parsed["recipe_overrides"])
     dev = resolve_device(device)
-    arch, kwargs = parsed["arch"], parsed["kwargs"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
-        if arch == CUSTOM:
-            model = build_custom_classifier(parsed, data)
-        else:
-            model = build_classifier(arch, data, name=parsed["name"], amp=parsed["amp"], **kwargs)
-    adaptation = dict(model.info["adaptation"])  # type: ignore[call-overload]
-    base_info: dict[str, Any] = {
-        "arch": arch,
-        "name": parsed["name"],
-        # what the leaderboard's model column shows (with the weights hash)
-        "model_source": parsed["target"] or f"zoo:{arch}",
-        "dataset": data.name,
-        "kwargs": kwargs,
-        "adaptation": adaptation,
-        "seed": seed,
-    }
-
+    model, base_info = _build(parsed, data, seed)
     if parsed["checkpoint"]:
-        path = Path(str(parsed["checkpoint"])).expanduser()
-        load_weights(model, path)
+        return _from_checkpoint(model, Path(str(parsed["checkpoint"])).expanduser(), base_info, data, dev, seed)
+    key = cache_key(parsed, data, merged, base_info["adaptation"], seed)
+    entry = entry_dir(zoo_dir(cache_dir), data, parsed["arch"], key)
+    base_info.update(recipe=merged.to_dict(), cache_key=key)
+    if not force_train and (cached := _load_cached(model, entry)) is not None:
         model.to(dev).eval()
-        accuracy, n = evaluate_accuracy(model, data.test, limit=CHECKPOINT_EVAL_LIMIT, seed=seed)
-        model.info = {
-            **base_info,
-            "source": "checkpoint",
-            "path": str(path),
-            "weights_hash": weights_hash(model),
-            "clean_accuracy": accuracy,
-            "clean_accuracy_n": n,
-            "recipe": None,
-        }
+        model.info = {**base_info, **cached, "source": "cache", "path": str(entry / WEIGHTS_FILE)}
         _report(model)
         return model
-
-    root = zoo_dir(cache_dir)
-    key = cache_key(parsed, data, merged, adaptation, seed)
-    entry = entry_dir(root, data, arch, key)
-    base_info.update(recipe=merged.to_dict(), cache_key=key)
-
-    if not force_train:
-        cached = _load_cached(model, entry)
-        if cached is not None:
-            model.to(dev).eval()
-            model.info = {**base_info, **cached, "source": "cache", "path": str(entry / WEIGHTS_FILE)}
-            _report(model)
-            return model
-
-    source, metrics = "trained", None
-    if parsed["hub"]:
-        net, adaptation, head_reset = _hub(arch, data, kwargs, verbose)
-        model.net = net
-        base_info["adaptation"] = adaptation
-        if head_reset:
-            log.info("%s: hub weights with a new %d-class head; fine-tuning with the recipe", arch, data.num_classes)
-            metrics = train_classifier(model, data, merged, device=dev, seed=seed, verbose=verbose)
-            base_info["init"] = "hub"
-        else:
-            source = "hub"
-    else:
-        log.info("%s: no cached weights for %s (key %s); training on %s", arch, data.name, key, dev)
-        metrics = train_classifier(model, data, merged, device=dev, seed=seed, verbose=verbose)
-
+    source, metrics = _obtain_weights(model, parsed, data, merged, base_info, dev, seed, verbose)
     model.to(dev).eval()
     if metrics is None:
         accuracy, n = evaluate_accuracy(
@@ -228,6 +176,76 @@ def load_model(
     model.info = {**meta, "path": str(entry / WEIGHTS_FILE)}
     _report(model)
     return model
+
+
+# -- the stages of load_model() ------------------------------------------------------------------------
+
+
+def _build(parsed: Mapping[str, Any], data: DataBundle, seed: int) -> tuple[Classifier, dict[str, Any]]:
+    """The untrained Classifier (its initial weights fixed by ``seed``) and the provenance every source shares."""
+    arch, kwargs = parsed["arch"], parsed["kwargs"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
+        if arch == CUSTOM:
+            model = build_custom_classifier(parsed, data)
+        else:
+            model = build_classifier(arch, data, name=parsed["name"], amp=parsed["amp"], **kwargs)
+    base_info: dict[str, Any] = {
+        "arch": arch,
+        "name": parsed["name"],
+        # what the leaderboard's model column shows (with the weights hash)
+        "model_source": parsed["target"] or f"zoo:{arch}",
+        "dataset": data.name,
+        "kwargs": kwargs,
+        "adaptation": dict(model.info["adaptation"]),  # type: ignore[call-overload]
+        "seed": seed,
+    }
+    return model, base_info
+
+
+def _from_checkpoint(
+    model: Classifier, path: Path, base_info: dict[str, Any], data: DataBundle, dev: torch.device, seed: int
+) -> Classifier:
+    """The user's weights; their clean accuracy is measured on a seeded test subset."""
+    load_weights(model, path)
+    model.to(dev).eval()
+    accuracy, n = evaluate_accuracy(model, data.test, limit=CHECKPOINT_EVAL_LIMIT, seed=seed)
+    model.info = {
+        **base_info,
+        "source": "checkpoint",
+        "path": str(path),
+        "weights_hash": weights_hash(model),
+        "clean_accuracy": accuracy,
+        "clean_accuracy_n": n,
+        "recipe": None,
+    }
+    _report(model)
+    return model
+
+
+def _obtain_weights(
+    model: Classifier,
+    parsed: Mapping[str, Any],
+    data: DataBundle,
+    recipe: Recipe,
+    base_info: dict[str, Any],
+    dev: torch.device,
+    seed: int,
+    verbose: bool,
+) -> tuple[str, dict[str, Any] | None]:
+    """Hub weights (fine-tuned when the head is new) or training from scratch: ``(source, training metrics)``."""
+    arch = parsed["arch"]
+    if not parsed["hub"]:
+        log.info("%s: no cached weights for %s (key %s); training on %s", arch, data.name, base_info["cache_key"], dev)
+        return "trained", train_classifier(model, data, recipe, device=dev, seed=seed, verbose=verbose)
+    net, adaptation, head_reset = _hub(arch, data, parsed["kwargs"], verbose)
+    model.net = net
+    base_info["adaptation"] = adaptation
+    if not head_reset:
+        return "hub", None
+    log.info("%s: hub weights with a new %d-class head; fine-tuning with the recipe", arch, data.num_classes)
+    base_info["init"] = "hub"
+    return "trained", train_classifier(model, data, recipe, device=dev, seed=seed, verbose=verbose)
 
 
 def _hub(arch: str, data: DataBundle, kwargs: Mapping[str, Any], verbose: bool) -> tuple[Any, dict[str, Any], bool]:

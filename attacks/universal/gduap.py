@@ -278,96 +278,146 @@ class UAPDataFree(UniversalAttack):
     # ------------------------------------------------------------------------------------ the loop
 
     def fit(self, model: Classifier) -> tuple[torch.Tensor, dict[str, Any]]:
-        dev = model.device
         radius = linf_radius(self.eps)
-        gen = make_generator(self.seed, dev)
+        gen = make_generator(self.seed, model.device)
         selection = select_layers(model.net, self.resolved_layers)
         source = self._source(model, gen)
-        clip = self.prior != "none"  # "none" feeds δ alone, as the authors; real images are kept in bounds
-        v = ((2 * torch.rand((1, *model.input_shape), generator=gen, device=dev) - 1) * radius).requires_grad_(True)
+        v = ((2 * torch.rand((1, *model.input_shape), generator=gen, device=model.device) - 1) * radius).requires_grad_(
+            True
+        )
         optimizer = torch.optim.Adam([v], lr=self.lr if self.lr is not None else self.eps / 100)
-
-        val_x = self._validation_images(model)
-        queries = 0
-        clean_val: torch.Tensor | None = None
-        if val_x is not None:
-            clean_val = model.predict(val_x, self.batch_size * 8)
-            queries += len(val_x)
-
-        def validate(delta: torch.Tensor) -> float:
-            assert val_x is not None and clean_val is not None
-            adv = model.predict((val_x + delta.to(val_x.device)).clamp(*model.bounds), self.batch_size * 8)
-            return float((adv != clean_val).float().mean())
-
-        best = v.detach().clamp(-radius, radius)
-        best_rate, bad, since_check, rescales, stopped = -math.inf, 0, 0, 0, False
-        saturated_before, saturated, iterations = 0.0, 0.0, 0
-        clean_cache: list[torch.Tensor] | None = None
+        tracker = _BestOnValidation(model, self._validation_images(model), self.batch_size * 8, v, radius)
+        state = _Ascent(queries=tracker.queries)
         bar = tqdm(range(self.max_iter), desc=f"GD-UAP ({self.prior} prior)", disable=not self.verbose, leave=False)
         with recording(selection) as outputs:
             for _ in bar:
-                iterations += 1
-                x = source()
-                delta = v.clamp(-radius, radius)
-                inputs = x + delta
-                reference = None
-                if self.objective == "divergence":
-                    if clean_cache is None or self.prior != "none":  # the none prior's clean input never changes
-                        with torch.no_grad():
-                            clean_cache = [f.detach() for f in layer_features(model, x, selection, outputs)]
-                        queries += len(x)
-                    reference = clean_cache
-                features = layer_features(model, inputs.clamp(*model.bounds) if clip else inputs, selection, outputs)
-                loss = -log_energy(features, reference)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                queries += len(x)
-
-                with torch.no_grad():
-                    saturated = float((v.clamp(-radius, radius).abs() >= radius).float().mean())
-                stalled = saturated > self.saturation and abs(saturated - saturated_before) < self.saturation_change
-                saturated_before = saturated
-                since_check += 1
+                state.iterations += 1
+                self._ascent_step(model, v, optimizer, source(), selection, outputs, radius, state)
+                stalled = state.saturation_stalled(v, radius, self.saturation, self.saturation_change)
+                state.since_check += 1
                 # validate every val_every steps, and before a rescale once half a period has passed
-                due = since_check >= self.val_every or (stalled and 2 * since_check > self.val_every)
-                if val_x is not None and due:
-                    since_check = 0
-                    current = v.detach().clamp(-radius, radius)
-                    rate = validate(current)
-                    queries += len(val_x)
-                    if rate > best_rate:
-                        best, best_rate, bad = current.clone(), rate, 0
-                    else:
-                        bad += 1
-                    bar.set_postfix(val_fooling=f"{best_rate:.3f}", saturated=f"{saturated:.2f}")
-                    if bad >= self.patience:
-                        stopped = True
+                due = state.since_check >= self.val_every or (stalled and 2 * state.since_check > self.val_every)
+                if tracker.active and due:
+                    state.since_check = 0
+                    if tracker.check(v, self.patience):
+                        state.stopped = True
                         break
+                    bar.set_postfix(val_fooling=f"{tracker.best_rate:.3f}", saturated=f"{state.saturated:.2f}")
                 if stalled:  # the authors' rescale: halve v, restart the validation clock
                     with torch.no_grad():
                         v.mul_(0.5)
-                    rescales += 1
-                    since_check = 0
-
-        final = v.detach().clamp(-radius, radius)
-        if val_x is None:
-            best = final
-        elif not stopped and since_check > 0:  # the iterations after the last validation count too
-            rate = validate(final)
-            queries += len(val_x)
-            if rate > best_rate:
-                best, best_rate = final.clone(), rate
+                    state.rescales += 1
+                    state.since_check = 0
+        # the iterations after the last validation count too
+        best = tracker.finish(v, validate_last=not state.stopped and state.since_check > 0)
         info = {
-            "queries": queries,
-            "iterations": iterations,
-            "rescales": rescales,
-            "stopped_early": stopped,
+            "queries": state.queries + tracker.queries - tracker.initial_queries,
+            "iterations": state.iterations,
+            "rescales": state.rescales,
+            "stopped_early": state.stopped,
             "validation": self.resolved_validation,
-            "best_val_fooling_rate": None if best_rate == -math.inf else best_rate,
-            "final_saturation": saturated,
+            "best_val_fooling_rate": tracker.best_rate_or_none,
+            "final_saturation": state.saturated,
             "objective": self.objective,
             "prior": self.prior,
             "layers": self.resolved_layers,
         }
         return best, info
+
+    def _ascent_step(
+        self,
+        model: Classifier,
+        v: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        selection: Any,
+        outputs: Any,
+        radius: float,
+        state: _Ascent,
+    ) -> None:
+        """One Adam step raising the layers' log-energy (or their divergence from the clean input's)."""
+        clip = self.prior != "none"  # "none" feeds δ alone, as the authors; real images are kept in bounds
+        inputs = x + v.clamp(-radius, radius)
+        reference = None
+        if self.objective == "divergence":
+            if state.clean_cache is None or self.prior != "none":  # the none prior's clean input never changes
+                with torch.no_grad():
+                    state.clean_cache = [f.detach() for f in layer_features(model, x, selection, outputs)]
+                state.queries += len(x)
+            reference = state.clean_cache
+        features = layer_features(model, inputs.clamp(*model.bounds) if clip else inputs, selection, outputs)
+        loss = -log_energy(features, reference)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.queries += len(x)
+
+
+@dataclass
+class _Ascent:
+    """The optimisation's running state: counters, the saturation of δ, the divergence's clean features."""
+
+    queries: int = 0
+    iterations: int = 0
+    rescales: int = 0
+    since_check: int = 0
+    stopped: bool = False
+    saturated: float = 0.0
+    saturated_before: float = 0.0
+    clean_cache: list[torch.Tensor] | None = None
+
+    def saturation_stalled(self, v: torch.Tensor, radius: float, level: float, change: float) -> bool:
+        """GD-UAP's rescale test: most of δ sits at the radius and that share has stopped moving."""
+        with torch.no_grad():
+            self.saturated = float((v.clamp(-radius, radius).abs() >= radius).float().mean())
+        stalled = self.saturated > level and abs(self.saturated - self.saturated_before) < change
+        self.saturated_before = self.saturated
+        return stalled
+
+
+class _BestOnValidation:
+    """Keeps the δ with the best fooling rate on held-out images (none: the last δ counts)."""
+
+    def __init__(
+        self, model: Classifier, val_x: torch.Tensor | None, batch_size: int, v: torch.Tensor, radius: float
+    ) -> None:
+        self.model, self.val_x, self.batch_size, self.radius = model, val_x, batch_size, radius
+        self.best = v.detach().clamp(-radius, radius)
+        self.best_rate, self.bad, self.queries = -math.inf, 0, 0
+        self.clean: torch.Tensor | None = None
+        if val_x is not None:
+            self.clean = model.predict(val_x, batch_size)
+            self.queries += len(val_x)
+        self.initial_queries = self.queries
+
+    @property
+    def active(self) -> bool:
+        return self.val_x is not None
+
+    @property
+    def best_rate_or_none(self) -> float | None:
+        return None if self.best_rate == -math.inf else self.best_rate
+
+    def _rate(self, delta: torch.Tensor) -> float:
+        assert self.val_x is not None and self.clean is not None
+        adv = self.model.predict((self.val_x + delta.to(self.val_x.device)).clamp(*self.model.bounds), self.batch_size)
+        self.queries += len(self.val_x)
+        return float((adv != self.clean).float().mean())
+
+    def check(self, v: torch.Tensor, patience: int) -> bool:
+        """Validate the current δ; True when ``patience`` checks in a row brought no improvement."""
+        current = v.detach().clamp(-self.radius, self.radius)
+        rate = self._rate(current)
+        if rate > self.best_rate:
+            self.best, self.best_rate, self.bad = current.clone(), rate, 0
+        else:
+            self.bad += 1
+        return self.bad >= patience
+
+    def finish(self, v: torch.Tensor, *, validate_last: bool) -> torch.Tensor:
+        final = v.detach().clamp(-self.radius, self.radius)
+        if not self.active:
+            return final
+        if validate_last and (rate := self._rate(final)) > self.best_rate:
+            self.best, self.best_rate = final.clone(), rate
+        return self.best
