@@ -23,7 +23,7 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"advsuite", next(t for t in tops if t.endswith(".dist-info"))}, tops
-    assert "advsuite/conf/config.yaml" in names
+    assert "advsuite/conf/config.yaml" in names and "advsuite/leaderboard/page.html" in names
     assert any(n.startswith("advsuite/attacks/whitebox/") for n in names)
     assert any(n.startswith("advsuite/conf/attack/") for n in names)
 

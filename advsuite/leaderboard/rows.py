@@ -1,0 +1,204 @@
+"""The ranking rows: one per (model, defense, dataset, threat model, epsilon), worst case first."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypedDict
+
+from advsuite.leaderboard.records import (
+    EXTRA_METRICS,
+    _Entry,
+    _eps_key,
+    _metric,
+    _model_key,
+    _versions,
+    evaluate_records,
+)
+from advsuite.results.record import finite_number
+
+
+class LeaderboardRow(TypedDict):
+    """One row; the per-attack dicts are keyed by attack name."""
+
+    rank: int | None
+    model: str
+    defense: str
+    dataset: str
+    threat_model: str
+    epsilon: float | None
+    clean_accuracy: float | None
+    worst_case: float | None
+    worst_attack: str | None
+    robust_accuracy: dict[str, float]
+    success_rate: dict[str, float | None]
+    median_l2: dict[str, float | None]
+    queries: dict[str, float]
+    #: attack-specific metrics (:data:`EXTRA_METRICS`), metric -> attack -> value
+    extra: dict[str, dict[str, float | None]]
+    n_examples: int | None
+    date: str | None
+    versions: str
+    run_ids: list[str]
+
+
+def build_leaderboard(
+    records: Iterable[Mapping[str, Any]],
+    dataset: str | None = None,
+    threat_model: str | None = None,
+    epsilon: float | None = None,
+) -> list[LeaderboardRow]:
+    """Group finished evaluate records into ranked rows; the filters keep matching rows only."""
+    groups: dict[tuple[str, str, str, str, float | None], dict[str, _Entry]] = {}
+    for record in evaluate_records(records, dataset, threat_model):
+        names = record.get("names") or {}
+        for eps, entry in _entries(record):
+            if epsilon is not None and (eps is None or not math.isclose(eps, epsilon, rel_tol=1e-6)):
+                continue
+            key = (
+                _model_key(names),
+                str(names.get("defense") or "none"),
+                str(names.get("dataset")),
+                str(names.get("threat_model")),
+                eps,
+            )
+            by_attack = groups.setdefault(key, {})
+            previous = by_attack.get(entry.attack)
+            if previous is None or entry.order >= previous.order:
+                by_attack[entry.attack] = entry
+    rows = [_make_row(key, entries) for key, entries in groups.items()]
+    return _rank(rows)
+
+
+def _entries(record: Mapping[str, Any]) -> list[tuple[float | None, _Entry]]:
+    names = record.get("names") or {}
+    metrics = record.get("metrics") or {}
+    attack = str(names.get("attack"))
+    at_eps: dict[float | None, float] = {}
+    for eps_text, acc in (metrics.get("robust_accuracy_by_eps") or {}).items():
+        eps, value = finite_number(eps_text), finite_number(acc)
+        if eps is not None and value is not None:
+            at_eps[_eps_key(eps)] = value
+    eps = finite_number(names.get("epsilon"))
+    robust = finite_number(metrics.get("robust_accuracy"))
+    if robust is not None:
+        at_eps[None if eps is None else _eps_key(eps)] = robust
+    if not at_eps:  # a minimisation attack: one entry, at its epsilon (usually none)
+        return [(None if eps is None else _eps_key(eps), _Entry(attack, None, record))]
+    return [(key, _Entry(attack, value, record)) for key, value in at_eps.items()]
+
+
+def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _Entry]) -> LeaderboardRow:
+    model, defense, dataset, threat_model, eps = key
+    robust = {a: e.robust_accuracy for a, e in sorted(entries.items()) if e.robust_accuracy is not None}
+    minimising = {a: e for a, e in sorted(entries.items()) if e.robust_accuracy is None}
+    worst_attack = min(robust, key=lambda a: (robust[a], a)) if robust else None
+    latest = max(entries.values(), key=lambda e: e.order)
+    queries: dict[str, float] = {}
+    for attack, entry in sorted(entries.items()):
+        median = _metric(entry.record, "median_queries")
+        if median is not None and (entry.record.get("names") or {}).get("access") in ("score", "label"):
+            queries[attack] = median
+    counts = [_metric(e.record, "n_examples") for e in entries.values()]
+    known = [n for n in counts if n is not None]
+    return LeaderboardRow(
+        rank=None,
+        model=model,
+        defense=defense,
+        dataset=dataset,
+        threat_model=threat_model,
+        epsilon=eps,
+        clean_accuracy=_metric(latest.record, "clean_accuracy"),
+        worst_case=robust[worst_attack] if worst_attack is not None else None,
+        worst_attack=worst_attack,
+        robust_accuracy=robust,
+        success_rate={a: _metric(e.record, "success_rate") for a, e in minimising.items()},
+        median_l2={a: _metric(e.record, "median_l2") for a, e in minimising.items()},
+        queries=queries,
+        extra={
+            m: {a: _metric(e.record, m) for a, e in sorted(entries.items()) if _metric(e.record, m) is not None}
+            for m in EXTRA_METRICS
+        },
+        # the smallest sample behind any number in the row: the row is only as solid as that
+        n_examples=int(min(known)) if known else None,
+        date=latest.created[:10] or None,
+        versions="; ".join(sorted({_versions(e.record) for e in entries.values()} - {""})),
+        run_ids=sorted(str(e.record.get("run_id")) for e in entries.values()),
+    )
+
+
+def _rank(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
+    def block(row: LeaderboardRow) -> tuple[str, str, bool, float]:
+        eps = row["epsilon"]
+        return (row["dataset"], row["threat_model"], eps is None, eps if eps is not None else 0.0)
+
+    def order(row: LeaderboardRow) -> tuple[Any, ...]:
+        worst, clean = row["worst_case"], row["clean_accuracy"]
+        return (
+            *block(row),
+            worst is None,
+            -(worst or 0.0),
+            -(clean if clean is not None else -1.0),
+            row["model"],
+            row["defense"],
+        )
+
+    rows = sorted(rows, key=order)
+    rank, current = 0, None
+    for row in rows:
+        if block(row) != current:
+            rank, current = 0, block(row)
+        if row["worst_case"] is not None:
+            rank += 1
+            row["rank"] = rank
+    return rows
+
+
+def blocks(rows: Sequence[LeaderboardRow]) -> list[tuple[str, list[LeaderboardRow]]]:
+    """The ranked rows split into their (dataset, threat model, epsilon) blocks, each with a heading."""
+    out: list[tuple[str, list[LeaderboardRow]]] = []
+    current: tuple[str, str, float | None] | None = None
+    for row in rows:
+        key = (row["dataset"], row["threat_model"], row["epsilon"])
+        if key != current:
+            eps = "no fixed ε (minimisation attacks)" if key[2] is None else f"ε = {key[2]:.6g}"
+            out.append((f"{key[0]} · {key[1]} · {eps}", []))
+            current = key
+        out[-1][1].append(row)
+    return out
+
+
+class DetailRow(TypedDict):
+    """One attack's numbers in one ranking row (the HTML page's per-block detail table)."""
+
+    model: str
+    defense: str
+    attack: str
+    robust_accuracy: float | None
+    success_rate: float | None
+    median_l2: float | None
+    queries: float | None
+    extra: dict[str, float | None]
+
+
+def attack_details(rows: Sequence[LeaderboardRow]) -> list[DetailRow]:
+    """Long format of a block: one row per (model, defense, attack), with the attack-specific metrics."""
+    out = []
+    for row in rows:
+        attacks = sorted(
+            {*row["robust_accuracy"], *row["success_rate"], *(a for m in row["extra"].values() for a in m)}
+        )
+        for a in attacks:
+            out.append(
+                DetailRow(
+                    model=row["model"],
+                    defense=row["defense"],
+                    attack=a,
+                    robust_accuracy=row["robust_accuracy"].get(a),
+                    success_rate=row["success_rate"].get(a),
+                    median_l2=row["median_l2"].get(a),
+                    queries=row["queries"].get(a),
+                    extra={m: values[a] for m, values in row["extra"].items() if a in values},
+                )
+            )
+    return out
