@@ -7,7 +7,6 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,6 +15,7 @@ import torch
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle, ScoreOracle
+from advsuite.validation import check_known_options
 
 Access = Literal["whitebox", "score", "label"]
 Target = Classifier | LabelOracle | ScoreOracle
@@ -109,13 +109,7 @@ def construct_attack(cls: Any, options: Mapping[str, Any], label: str) -> Attack
     if not (isinstance(cls, type) and issubclass(cls, Attack)):
         raise ConfigError(f"{label}: {cls!r} is not an advsuite Attack")
     valid = attack_options(cls)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        hints = [
-            f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, valid, 1)) else repr(k)
-            for k in unknown
-        ]
-        raise ConfigError(f"{label} has no option {', '.join(hints)}; valid options: {', '.join(valid)}")
+    check_known_options(options, valid, label)
     try:
         return cls(**options)
     except TypeError as exc:  # e.g. a required option left out

@@ -214,7 +214,8 @@ def evaluate(
     attacked = clean_correct & (targets != y) if targets is not None else clean_correct.clone()
     run = _run_attack(model, attack, x, y, targets, starting_points, attacked, batch_size, verbose)
     success, epsilons, robust_by_eps = _recheck(model, attack, x, y, targets, attacked, clean_correct, run, batch_size)
-    metrics = _summary(x, attacked, clean_correct, success, run, epsilons, robust_by_eps)
+    dist = distances(x, run.x_adv)
+    metrics = _summary(dist, attacked, clean_correct, success, run, epsilons, robust_by_eps)
     for key, value in attack.extra_metrics(
         model, x, y, run.x_adv, attacked, targets=targets, batch_size=batch_size
     ).items():
@@ -239,7 +240,7 @@ def evaluate(
         )
         metrics.update(at)
         by_budget = {name: _spread(values, idx, len(x)) for name, values in per_budget.items()}
-    per_sample = _per_sample(x, y, targets, clean_correct, attacked, success, run) | by_budget
+    per_sample = _per_sample(dist, y, targets, clean_correct, attacked, success, run) | by_budget
     return Evaluation(
         metrics=metrics,
         per_sample=per_sample,
@@ -346,7 +347,7 @@ def _recheck(
 
 
 def _summary(
-    x: torch.Tensor,
+    dist: dict[str, torch.Tensor],
     attacked: torch.Tensor,
     clean_correct: torch.Tensor,
     success: torch.Tensor,
@@ -355,9 +356,8 @@ def _summary(
     robust_by_eps: list[float] | None,
 ) -> dict[str, Any]:
     """Accuracy, success, distances of the successes, queries and flips."""
-    dist = distances(x, run.x_adv)
     won = success & attacked
-    n = len(x)
+    n = len(attacked)
     return {
         "n_examples": n,
         "n_attacked": int(attacked.sum()),
@@ -386,7 +386,7 @@ def _reach(attack: Attack, run: _Run, attacked: torch.Tensor, attacked_traces: l
 
 
 def _per_sample(
-    x: torch.Tensor,
+    dist: dict[str, torch.Tensor],
     y: torch.Tensor,
     targets: torch.Tensor | None,
     clean_correct: torch.Tensor,
@@ -394,7 +394,6 @@ def _per_sample(
     success: torch.Tensor,
     run: _Run,
 ) -> dict[str, Any]:
-    dist = distances(x, run.x_adv)
     return {
         "label": y.tolist(),
         "target": None if targets is None else targets.tolist(),

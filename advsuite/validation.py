@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from difflib import get_close_matches
 
 import torch
 
-from advsuite.errors import InputError
+from advsuite.errors import ConfigError, InputError
 
 
 def check_images(
@@ -52,3 +53,14 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int, name: str = "labels"
         raise InputError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
     if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise InputError(f"{name} must lie in [0, {num_classes - 1}], got [{int(y.min())}, {int(y.max())}]")
+
+
+def check_known_options(given: Iterable[str], valid: Iterable[str], label: str, how: str = "") -> None:
+    """Raise :class:`ConfigError` naming every option in ``given`` that is not in ``valid``, with the closest
+    valid one and the full list (``how`` is appended, e.g. how to set an option)."""
+    valid = sorted(valid)
+    unknown = sorted(str(k) for k in given if str(k) not in valid)
+    if not unknown:
+        return
+    hints = [f"{k!r} (did you mean {c[0]!r}?)" if (c := get_close_matches(k, valid, 1)) else repr(k) for k in unknown]
+    raise ConfigError(f"{label} has no option {', '.join(hints)}; valid options: {', '.join(valid)}{how}")

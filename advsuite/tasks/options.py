@@ -11,7 +11,6 @@ import importlib.resources
 import inspect
 import math
 from collections.abc import Iterable, Mapping
-from difflib import get_close_matches
 from typing import Any
 
 from hydra.utils import get_class, get_method
@@ -21,6 +20,7 @@ from advsuite.attack import Attack, construct_attack
 from advsuite.configs import to_plain
 from advsuite.defense import Defense
 from advsuite.errors import ConfigError
+from advsuite.validation import check_known_options
 
 DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
 
@@ -117,17 +117,7 @@ def _check_evaluate_task(task: DictConfig) -> None:
 
 
 def _known_keys(node: Mapping[str, Any] | DictConfig, valid: Iterable[str], label: str, prefix: str) -> None:
-    valid = sorted(valid)
-    unknown = sorted(str(k) for k in node if str(k) not in valid)
-    if unknown:
-        hints = [
-            f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, valid, 1)) else repr(k)
-            for k in unknown
-        ]
-        raise ConfigError(
-            f"{label} has no option {', '.join(hints)}; valid options: {', '.join(valid)} "
-            f"(set one with {prefix}.<option>=<value>)"
-        )
+    check_known_options(node, valid, label, f" (set one with {prefix}.<option>=<value>)")
 
 
 def _whole_number(value: Any, key: str, *, minimum: int, hint: str) -> int:
