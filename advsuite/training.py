@@ -7,8 +7,6 @@ weight initialisation / dropout use a forked, seeded global RNG (the caller's RN
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
+from advsuite.artifacts import content_key
 from advsuite.data.bundle import DataBundle, as_tensors
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
@@ -99,8 +98,7 @@ class Recipe:
 
     def digest(self, extra: Mapping[str, Any] | None = None) -> str:
         """Short hash of the recipe (plus ``extra``, e.g. arch kwargs), the zoo's cache key."""
-        blob = json.dumps({"recipe": self.to_dict(), **dict(extra or {})}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return content_key({"recipe": self.to_dict(), **dict(extra or {})})
 
 
 # ------------------------------------------------------------------------------------------------ data

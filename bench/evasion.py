@@ -66,7 +66,7 @@ from advsuite.data import as_tensors
 from advsuite.device import describe_machine, resolve_device
 from advsuite.evaluation import evaluate
 from advsuite.models.archs import build_classifier
-from advsuite.models.zoo import META_FILE, cache_key, entry_dir, load_model, parse_spec
+from advsuite.models.zoo import cache_key, load_model, parse_spec, zoo_entry
 from advsuite.paths import advsuite_home
 from advsuite.priors.gradients import reference_spec
 from advsuite.seeding import seed_everything
@@ -165,14 +165,14 @@ def victim(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def zoo_entry(name: str, recipe: dict[str, Any], v: dict[str, Any], seed: int) -> Path:
-    """The zoo cache folder ``load_model`` uses for zoo model ``name`` with ``recipe`` overrides."""
+def reference_entry(name: str, recipe: dict[str, Any], v: dict[str, Any], seed: int) -> Path:
+    """The ``meta.json`` of the zoo cache entry ``load_model`` uses for ``name`` with ``recipe`` overrides."""
     spec = parse_spec(reference_spec(name, recipe))
     data = v["data"]
     built = build_classifier(spec["arch"], data, name=spec["name"], amp=spec["amp"], **spec["kwargs"])
     adaptation = cast(dict[str, Any], built.info["adaptation"])
     key = cache_key(spec, data, Recipe.coerce(None, spec["recipe_overrides"]), adaptation, seed)
-    return entry_dir(v["home"] / "zoo", data, spec["arch"], key)
+    return zoo_entry(v["home"] / "zoo", data, spec["arch"], key).meta
 
 
 def references(attack: Any) -> tuple[list[str], dict[str, Any]]:
@@ -191,7 +191,7 @@ def warn_training(attack: Any, v: dict[str, Any], args: argparse.Namespace) -> N
     """Say so before a transfer model or surrogate is trained on demand (minutes for resnet18)."""
     names, recipe = references(attack)
     for name in names:
-        if not (zoo_entry(name, recipe, v, args.seed) / META_FILE).is_file():
+        if not reference_entry(name, recipe, v, args.seed).is_file():
             print(f"  note: {name} {recipe} is not in the zoo cache: training it now (--no-transfer skips it)")
 
 
@@ -200,7 +200,7 @@ def reference_accuracy(attack: Any, v: dict[str, Any], args: argparse.Namespace)
     names, recipe = references(attack)
     out = {}
     for name in names:
-        meta = zoo_entry(name, recipe, v, args.seed) / META_FILE
+        meta = reference_entry(name, recipe, v, args.seed)
         out[name] = json.loads(meta.read_text()).get("clean_accuracy") if meta.is_file() else None
     return out
 

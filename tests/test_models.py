@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from advsuite.artifacts import META_FILE
 from advsuite.data import DataBundle
 from advsuite.errors import CheckpointError, ConfigError, OfflineError
 from advsuite.models import ARCHS, Classifier, build_classifier, load_model, load_weights, save_checkpoint
 from advsuite.models.checkpoints import read_metadata, weights_hash
-from advsuite.models.zoo import META_FILE, WEIGHTS_FILE, cache_key, parse_spec
+from advsuite.models.zoo import WEIGHTS_FILE, cache_key, parse_spec
 from advsuite.training import Recipe
 
 TINY = {"epochs": 2, "train_subset": 512, "test_subset": 200, "batch_size": 32}

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
+from advsuite.artifacts import cache_root
 from advsuite.data import DataBundle, ImageArrayDataset
 from advsuite.errors import ConfigError
 from advsuite.models.archs import build_classifier
@@ -32,7 +33,6 @@ from advsuite.priors.store import (
     _fit_kwargs,
     cache_key,
     prior_kind,
-    priors_dir,
     resolve_spec,
 )
 
@@ -221,7 +221,7 @@ def test_cache_round_trip_loads_without_retraining(mnist: DataBundle, monkeypatc
     first = load_prior(pca_spec(), mnist, device="cpu", verbose=False, victim_arch="cifarcnn")
     assert isinstance(first, PCAPrior) and first.info["source"] == "trained"
     entry = Path(first.info["path"])
-    assert entry.parent == priors_dir() / "mnist5k" and entry.name.startswith("pca-")
+    assert entry.parent == cache_root() / "priors" / "mnist5k" and entry.name.startswith("pca-")
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["kind"] == "pca" and meta["config"]["components"] == 8
     assert meta["n_gradients"] == first.info["n_gradients"] and meta["input_shape"] == [1, 28, 28]

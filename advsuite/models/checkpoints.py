@@ -7,10 +7,8 @@ from a DDP-wrapped model (``module.``); the prefixes are stripped before matchin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advsuite.artifacts import atomic_write, detached, state_hash
 from advsuite.errors import CheckpointError
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -34,17 +33,14 @@ def _target(module: nn.Module) -> nn.Module:
     return net if isinstance(net, nn.Module) else module
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename into ``path``, so a killed process never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def network_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The network's weights as a detached CPU state dict (a Classifier's without the ``net.`` prefix)."""
+    return detached(_target(module).state_dict())
+
+
+def checkpoint_header(metadata: Mapping[str, Any] | None) -> dict[str, str]:
+    """The safetensors header holding ``metadata`` as JSON (read back by :func:`read_metadata`)."""
+    return {METADATA_KEY: json.dumps(dict(metadata or {}), sort_keys=True, default=str)}
 
 
 def save_checkpoint(module: nn.Module, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
@@ -53,12 +49,11 @@ def save_checkpoint(module: nn.Module, path: str | os.PathLike[str], metadata: M
     A Classifier is saved without its ``net.`` prefix, so the file loads into the bare network as well.
     """
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in _target(module).state_dict().items()}
+    state = network_state(module)
     if path.suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import save_file
 
-        header = {METADATA_KEY: json.dumps(dict(metadata or {}), sort_keys=True, default=str)}
-        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=checkpoint_header(metadata)))
     else:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
@@ -136,21 +131,26 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
 
     Raises :class:`CheckpointError` listing missing/unexpected keys or mismatched shapes.
     """
+    return apply_state(module, load_state_dict(path), path)
+
+
+def apply_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike[str]) -> nn.Module:
+    """Load ``state`` (read from ``source``) into ``module``'s network, strictly; see :func:`load_weights`."""
     target = _target(module)
     own = target.state_dict()
-    state = _strip_prefixes(load_state_dict(path), set(own))
+    state = _strip_prefixes(state, set(own))
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {path} does not fit the architecture: missing keys [{_listed(missing)}]; "
+            f"checkpoint {source} does not fit the architecture: missing keys [{_listed(missing)}]; "
             f"unexpected keys [{_listed(unexpected)}]. Was it saved from another architecture or with other "
             "model.kwargs (stem, depth, ...)?"
         )
     shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
     if shapes:
         raise CheckpointError(
-            f"checkpoint {path} has tensors of other shapes (checkpoint vs model): [{_listed(shapes)}]; "
+            f"checkpoint {source} has tensors of other shapes (checkpoint vs model): [{_listed(shapes)}]; "
             "check the dataset (channels, classes) and model.kwargs (stem, width, patch size)"
         )
     target.load_state_dict(state, strict=True)
@@ -158,13 +158,8 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
 
 
 def weights_hash(module: nn.Module, length: int = 16) -> str:
-    """Short sha256 over the network's state dict (names, dtypes, shapes and bytes), for provenance.
+    """Short sha256 over the network's state dict (:func:`advsuite.artifacts.state_hash`), for provenance.
 
     A Classifier hashes like its bare network, so the hash does not depend on the wrapper.
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(_target(module).state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:length]
+    return state_hash(_target(module).state_dict(), length)

@@ -10,50 +10,39 @@ Resolution order (first that applies wins):
    :class:`OfflineError`); with a new head they are fine-tuned with the recipe.
 4. training on demand with the recipe; the result is evaluated and cached.
 
-Cache entries are written atomically (weights first, then ``meta.json`` as the commit marker), so a killed
-run never leaves an entry that looks complete.
+Entries live in the artifact cache (:mod:`advsuite.artifacts`): weights first, then ``meta.json`` as the
+commit marker, verified against their hash on every load.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 import logging
 import os
-import shutil
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from advsuite.artifacts import Entry
 from advsuite.configs import to_plain
 from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
 from advsuite.errors import CheckpointError, ConfigError, OfflineError
 from advsuite.models.archs import build_classifier, get_arch, hub_net
-from advsuite.models.checkpoints import atomic_write, load_weights, save_checkpoint, weights_hash
+from advsuite.models.checkpoints import apply_state, checkpoint_header, load_weights, network_state, weights_hash
 from advsuite.models.classifier import Classifier
 from advsuite.models.custom import CUSTOM, build_custom_classifier, resolve_import_path
-from advsuite.paths import advsuite_home
 from advsuite.training import Recipe, evaluate_accuracy, train_classifier
 
 log = logging.getLogger(__name__)
 
 SPEC_KEYS = ("name", "arch", "checkpoint", "hub", "kwargs", "recipe_overrides", "amp", "target", "mean", "std")
 WEIGHTS_FILE = "model.safetensors"
-META_FILE = "meta.json"
-#: bump when the cache layout or key derivation changes, so old entries are not misread
-CACHE_VERSION = 1
 #: checkpoints are sanity-checked on at most this many test images (a wrong normalisation shows at once)
 CHECKPOINT_EVAL_LIMIT = 2000
-
-
-def zoo_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``cache_dir``, else ``advsuite_home()/zoo``."""
-    return Path(cache_dir).expanduser() if cache_dir else advsuite_home() / "zoo"
 
 
 def parse_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,7 +90,6 @@ def cache_key(
 ) -> str:
     """The hash naming a cache entry: recipe + resolved adaptation (arch kwargs) + hub + seed + dataset."""
     extra = {
-        "cache_version": CACHE_VERSION,
         "arch": spec["arch"],
         "adaptation": dict(adaptation),  # includes the kwargs with the builder's defaults filled in
         "hub": spec["hub"],
@@ -118,8 +106,9 @@ def cache_key(
     return recipe.digest(extra)
 
 
-def entry_dir(root: Path, data: DataBundle, arch: str, key: str) -> Path:
-    return root / data.name / f"{arch}-{key}"
+def zoo_entry(cache_dir: str | os.PathLike[str] | None, data: DataBundle, arch: str, key: str) -> Entry:
+    """The artifact-cache entry ``<cache root>/<dataset>/<arch>-<key>``."""
+    return Entry.at(cache_dir, "", data.name, f"{arch}-{key}", weights_file=WEIGHTS_FILE, what="zoo model")
 
 
 def load_model(
@@ -146,11 +135,11 @@ def load_model(
     if parsed["checkpoint"]:
         return _from_checkpoint(model, Path(str(parsed["checkpoint"])).expanduser(), base_info, data, dev, seed)
     key = cache_key(parsed, data, merged, base_info["adaptation"], seed)
-    entry = entry_dir(zoo_dir(cache_dir), data, parsed["arch"], key)
+    entry = zoo_entry(cache_dir, data, parsed["arch"], key)
     base_info.update(recipe=merged.to_dict(), cache_key=key)
-    if not force_train and (cached := _load_cached(model, entry)) is not None:
+    if not force_train and (cached := entry.load(lambda meta, state: _restore(model, meta, state, entry))) is not None:
         model.to(dev).eval()
-        model.info = {**base_info, **cached, "source": "cache", "path": str(entry / WEIGHTS_FILE)}
+        model.info = {**base_info, **cached, "source": "cache", "path": str(entry.weights)}
         _report(model)
         return model
     source, metrics = _obtain_weights(model, parsed, data, merged, base_info, dev, seed, verbose)
@@ -163,17 +152,16 @@ def load_model(
     meta = {
         **base_info,
         "source": source,
-        "weights_hash": weights_hash(model),
         "clean_accuracy": metrics["test_accuracy"],
         "clean_accuracy_n": metrics["n_test"],
         "train_seconds": metrics["train_seconds"],
         "train_metrics": metrics,
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cache_version": CACHE_VERSION,
     }
-    _store(model, entry, meta)
-    model.info = {**meta, "path": str(entry / WEIGHTS_FILE)}
+    header = checkpoint_header({"arch": meta["arch"], "dataset": meta["dataset"]})
+    meta = entry.store(network_state(model), meta, header)
+    model.info = {**meta, "path": str(entry.weights)}
     _report(model)
     return model
 
@@ -285,29 +273,10 @@ def _looks_offline(exc: BaseException) -> bool:
     return False
 
 
-def _load_cached(model: Classifier, entry: Path) -> dict[str, Any] | None:
-    """Load a cache entry into ``model``; its metadata, or None on a miss. A corrupt entry is removed."""
-    meta_path, weights_path = entry / META_FILE, entry / WEIGHTS_FILE
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        load_weights(model, weights_path)
-        if meta.get("weights_hash") != weights_hash(model):
-            raise CheckpointError(f"weights in {weights_path} do not match the hash recorded in {meta_path}")
-    except Exception as exc:  # anything unreadable is a cache miss, never a crash
-        warnings.warn(f"zoo cache entry {entry} is corrupt ({exc}); discarding it and retraining", stacklevel=3)
-        log.warning("corrupt zoo cache entry %s: %s", entry, exc)
-        shutil.rmtree(entry, ignore_errors=True)
-        return None
-    return dict(meta)
-
-
-def _store(model: Classifier, entry: Path, meta: Mapping[str, Any]) -> None:
-    entry.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, entry / WEIGHTS_FILE, {"arch": meta["arch"], "dataset": meta["dataset"]})
-    text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-    atomic_write(entry / META_FILE, lambda tmp: Path(tmp).write_text(text))
+def _restore(model: Classifier, meta: dict[str, Any], state: dict[str, torch.Tensor], entry: Entry) -> dict[str, Any]:
+    """Load a verified cache entry's weights into ``model``; its metadata."""
+    apply_state(model, state, entry.weights)
+    return meta
 
 
 def _report(model: Classifier) -> None:

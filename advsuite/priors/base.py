@@ -40,6 +40,8 @@ class Prior(nn.Module, abc.ABC):
     def __init__(self, input_shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
+        #: provenance once cached (meta.json plus ``path`` and ``source``); empty for a fresh fit
+        self.info: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:

@@ -12,42 +12,36 @@ models are cached there by the zoo as usual)::
     <cache_dir>/priors/<dataset>/<kind>-<key>/meta.json           # written last: the commit marker
 
 ``key`` hashes the resolved spec (defaults filled in, ``auto`` references resolved), the dataset (name,
-shape, classes, training-set size), the seed and :data:`CACHE_VERSION`. An entry without ``meta.json``,
-or whose weights do not load or do not match the recorded hash, is discarded with a warning and rebuilt.
+shape, classes, training-set size) and the seed. The entry lives in the artifact cache
+(:mod:`advsuite.artifacts`): an incomplete or corrupt one is discarded with a warning and rebuilt.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib
 import inspect
-import json
 import logging
 import os
-import shutil
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from advsuite.artifacts import Entry, content_key
 from advsuite.configs import to_plain
 from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
-from advsuite.errors import CheckpointError, ConfigError
+from advsuite.errors import ConfigError
 from advsuite.priors.base import Prior
 from advsuite.priors.gradients import SURROGATE_RECIPE, surrogate_names
 from advsuite.training import Recipe
 
 log = logging.getLogger(__name__)
 
-#: bump when the cache layout, the key derivation or the gradient recipe changes
-CACHE_VERSION = 1
 WEIGHTS_FILE = "prior.safetensors"
-META_FILE = "meta.json"
 
 #: kind -> (module, prior class, fit function); imported lazily, so a kind's module loads only when used
 PRIOR_KINDS: dict[str, tuple[str, str, str]] = {
@@ -161,7 +155,7 @@ def _dataset_id(data: DataBundle) -> dict[str, Any]:
 
 def cache_key(resolved: Mapping[str, Any], data: DataBundle, seed: int) -> str:
     """Hash of the resolved spec, the references' full model specs (so editing ``conf/model/<name>.yaml``
-    makes a new entry), the dataset, the seed and :data:`CACHE_VERSION`."""
+    makes a new entry), the dataset and the seed."""
     from advsuite.priors.gradients import reference_spec
 
     spec = dict(resolved)
@@ -174,42 +168,21 @@ def cache_key(resolved: Mapping[str, Any], data: DataBundle, seed: int) -> str:
         "reference_specs": [reference_spec(r, resolved["reference_recipe"]) for r in resolved["references"]],
         "dataset": _dataset_id(data),
         "seed": int(seed),
-        "cache_version": CACHE_VERSION,
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return content_key(blob)
 
 
-def priors_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``<cache_dir or $ADVSUITE_HOME/zoo>/priors``."""
-    from advsuite.models.zoo import zoo_dir
-
-    return zoo_dir(cache_dir) / "priors"
+def prior_entry(cache_dir: str | os.PathLike[str] | None, dataset: str, name: str) -> Entry:
+    """The artifact-cache entry ``<cache root>/priors/<dataset>/<name>``."""
+    return Entry.at(cache_dir, "priors", dataset, name, weights_file=WEIGHTS_FILE, what="prior")
 
 
-# ------------------------------------------------------------------------------------------------ files
-
-
-def state_hash(prior: Prior, length: int = 16) -> str:
-    """sha256 over the prior's state_dict (names, dtypes, shapes, bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(prior.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:length]
-
-
-def _store(prior: Prior, entry: Path, meta: Mapping[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    from advsuite.models.checkpoints import atomic_write
-
-    entry.mkdir(parents=True, exist_ok=True)
-    (entry / META_FILE).unlink(missing_ok=True)  # a rebuild: the entry is incomplete until meta.json is back
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in prior.state_dict().items()}
-    atomic_write(entry / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"kind": prior.kind}))
-    text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-    atomic_write(entry / META_FILE, lambda tmp: Path(tmp).write_text(text))
+def _rebuild(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> Prior:
+    cls, _ = prior_kind(meta["kind"])
+    prior = cls(**meta["config"])
+    prior.load_state_dict(state, strict=True)
+    prior.info = meta
+    return prior
 
 
 def prior_from_cache(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Prior:
@@ -217,39 +190,14 @@ def prior_from_cache(path: str | os.PathLike[str], device: torch.device | str = 
 
     Raises :class:`CheckpointError` when the entry is incomplete or corrupt.
     """
-    from safetensors.torch import load_file
+    path = Path(path)
+    entry = Entry(path.parent if path.is_file() else path, WEIGHTS_FILE, "prior")
+    return _placed(entry.read(_rebuild), entry, device)
 
-    entry = Path(path)
-    entry = entry.parent if entry.is_file() else entry
-    meta_path, weights_path = entry / META_FILE, entry / WEIGHTS_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{entry} is not a complete prior cache entry (no {META_FILE})")
-    try:
-        meta = json.loads(meta_path.read_text())
-        cls, _ = prior_kind(meta["kind"])
-        prior = cls(**meta["config"])
-        prior.load_state_dict(load_file(str(weights_path)), strict=True)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"prior cache entry {entry} is corrupt ({type(exc).__name__}: {exc})") from exc
-    if meta.get("weights_hash") != state_hash(prior):
-        raise CheckpointError(f"weights in {weights_path} do not match the hash recorded in {meta_path}")
-    prior.info = {**meta, "path": str(entry), "source": "cache"}  # type: ignore[assignment]
+
+def _placed(prior: Prior, entry: Entry, device: torch.device | str) -> Prior:
+    prior.info = {**prior.info, "path": str(entry.path), "source": "cache"}
     return prior.to(resolve_device(device)).eval()
-
-
-def _load_cached(entry: Path, device: torch.device) -> Prior | None:
-    """The cached prior, or None on a miss; an incomplete or corrupt entry is removed with a warning."""
-    if not entry.exists():
-        return None
-    try:
-        return prior_from_cache(entry, device)
-    except CheckpointError as exc:
-        warnings.warn(f"prior cache entry {entry} is unusable ({exc}); discarding it and rebuilding", stacklevel=3)
-        log.warning("unusable prior cache entry %s: %s", entry, exc)
-        shutil.rmtree(entry, ignore_errors=True)
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -304,12 +252,10 @@ def load_prior(
     kwargs = _fit_kwargs(kind, fit, resolved)  # ... or does not take a spec key
     dev = resolve_device(device)
     key = cache_key(resolved, data, seed)
-    entry = priors_dir(cache_dir) / data.name / f"{kind}-{key}"
-    if not force:
-        cached = _load_cached(entry, dev)
-        if cached is not None:
-            log.info("%s prior for %s: cache (%s)", kind, data.name, entry)
-            return cached
+    entry = prior_entry(cache_dir, data.name, f"{kind}-{key}")
+    if not force and (cached := entry.load(_rebuild)) is not None:
+        log.info("%s prior for %s: cache (%s)", kind, data.name, entry.path)
+        return _placed(cached, entry, dev)
 
     log.info("%s prior for %s: not cached (key %s); building it on %s", kind, data.name, key, dev)
     start = time.perf_counter()
@@ -350,12 +296,11 @@ def load_prior(
             "total_seconds": time.perf_counter() - start,
         },
         "seed": int(seed),
-        "weights_hash": state_hash(prior),
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cache_version": CACHE_VERSION,
     }
-    _store(prior, entry, meta)
-    prior.info = {**meta, "path": str(entry), "source": "trained"}  # type: ignore[assignment]
-    log.info("%s prior for %s: built in %.0f s, cached at %s", kind, data.name, meta["metrics"]["total_seconds"], entry)
+    meta = entry.store(prior.state_dict(), meta, {"kind": kind})
+    prior.info = {**meta, "path": str(entry.path), "source": "trained"}
+    seconds = meta["metrics"]["total_seconds"]
+    log.info("%s prior for %s: built in %.0f s, cached at %s", kind, data.name, seconds, entry.path)
     return prior

@@ -98,7 +98,7 @@ def run_prior(cfg: DictConfig) -> dict[str, Any]:
         victim_arch=str(victim) if victim else None,
         force=bool(cfg.task.get("force", False)),
     )
-    summary = summarize(prior.info)  # type: ignore[arg-type]
+    summary = summarize(prior.info)
     summary["probe_spread"] = probe_spread(prior, seed=int(cfg.get("seed", 0)))
     print(_format(summary))
     return summary

@@ -13,18 +13,15 @@ Generators are cached like priors, under the zoo cache root::
     <cache_dir>/patch_generators/<dataset>/vae<side>-<key>/generator.safetensors
     <cache_dir>/patch_generators/<dataset>/vae<side>-<key>/meta.json      # written last: the commit marker
 
-``key`` hashes the settings, the patch side, the dataset (name, shape, training-set size), the seed and
-:data:`CACHE_VERSION`; an incomplete or corrupt entry is discarded with a warning and rebuilt.
+``key`` hashes the settings, the patch side, the dataset (name, shape, training-set size) and the seed; the
+entry lives in the artifact cache (:mod:`advsuite.artifacts`), so an incomplete or corrupt one is discarded
+with a warning and rebuilt.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
-import shutil
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,15 +30,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from advsuite.artifacts import Entry, content_key
 from advsuite.configs import to_plain
 from advsuite.device import resolve_device
-from advsuite.errors import CheckpointError, ConfigError, InputError
+from advsuite.errors import ConfigError, InputError
 from advsuite.priors.autoencoder import VAEPrior
 from advsuite.seeding import make_generator
 
-CACHE_VERSION = 1
 WEIGHTS_FILE = "generator.safetensors"
-META_FILE = "meta.json"
 
 #: generator settings (``generator:`` in conf/attack/patch_gan.yaml) and their defaults
 GENERATOR_DEFAULTS: dict[str, Any] = {
@@ -213,31 +209,15 @@ def _key(resolved: Mapping[str, Any], side: int, data: Any, seed: int) -> str:
         "side": side,
         "dataset": {"name": data.name, "input_shape": list(data.input_shape), "n_train": len(data.train)},
         "seed": int(seed),
-        "cache_version": CACHE_VERSION,
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+    return content_key(blob)
 
 
-def _load(entry: Path, device: torch.device) -> PatchVAE | None:
-    from safetensors.torch import load_file
-
-    from advsuite.priors.store import state_hash
-
-    if not (entry / META_FILE).is_file():
-        shutil.rmtree(entry, ignore_errors=True)  # an interrupted build
-        return None
-    try:
-        meta = json.loads((entry / META_FILE).read_text())
-        vae = PatchVAE(**meta["config"])
-        vae.load_state_dict(load_file(str(entry / WEIGHTS_FILE)), strict=True)
-        if meta.get("weights_hash") != state_hash(vae):
-            raise CheckpointError("weights do not match the recorded hash")
-    except Exception as exc:
-        warnings.warn(f"patch generator cache entry {entry} is unusable ({exc}); rebuilding it", stacklevel=3)
-        shutil.rmtree(entry, ignore_errors=True)
-        return None
-    vae.info = {**meta, "path": str(entry), "source": "cache"}  # type: ignore[assignment]
-    return vae.to(device).eval()
+def _rebuild(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> PatchVAE:
+    vae = PatchVAE(**meta["config"])
+    vae.load_state_dict(state, strict=True)
+    vae.info = meta
+    return vae
 
 
 def load_patch_generator(
@@ -251,17 +231,13 @@ def load_patch_generator(
     verbose: bool = True,
 ) -> PatchVAE:
     """The cached :class:`PatchVAE` for ``side``-pixel crops of ``data``'s training split, built if missing."""
-    from safetensors.torch import save_file
-
-    from advsuite.models.checkpoints import atomic_write
-    from advsuite.models.zoo import zoo_dir
-    from advsuite.priors.store import state_hash
-
     resolved = resolve_settings(settings)
     dev = resolve_device(device)
-    entry = zoo_dir(cache_dir) / "patch_generators" / data.name / f"vae{side}-{_key(resolved, side, data, seed)}"
-    if entry.exists() and (cached := _load(entry, dev)) is not None:
-        return cached
+    name = f"vae{side}-{_key(resolved, side, data, seed)}"
+    entry = Entry.at(cache_dir, "patch_generators", data.name, name, weights_file=WEIGHTS_FILE, what="patch generator")
+    if (cached := entry.load(_rebuild)) is not None:
+        cached.info = {**cached.info, "path": str(entry.path), "source": "cache"}
+        return cached.to(dev).eval()
     from .base import training_images
 
     x, _ = training_images(data, resolved["n_images"], seed)
@@ -286,13 +262,8 @@ def load_patch_generator(
         "dataset": data.name,
         "seed": int(seed),
         "metrics": vae.train_metrics,
-        "weights_hash": state_hash(vae),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cache_version": CACHE_VERSION,
     }
-    entry.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in vae.state_dict().items()}
-    atomic_write(entry / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
-    atomic_write(entry / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
-    vae.info = {**meta, "path": str(entry), "source": "trained"}  # type: ignore[assignment]
+    meta = entry.store(vae.state_dict(), meta)
+    vae.info = {**meta, "path": str(entry.path), "source": "trained"}
     return vae.eval()
