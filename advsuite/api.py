@@ -197,7 +197,7 @@ def evaluate_and_record(
         )
         recorder.finish(ev, write_artifacts(recorder.run_dir, ev, attack_name))
         if verbose:
-            print(format_summary(recorder.names, ev.metrics))
+            print(format_summary(recorder.names, ev.metrics, ev.metric_titles))
     return recorder.record
 
 

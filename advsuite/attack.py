@@ -134,6 +134,8 @@ class Attack(abc.ABC):
     norm: str = "l2"
     #: fixed-epsilon attacks say so; minimisation attacks report distance instead
     fixed_epsilon: ClassVar[bool] = False
+    #: the :meth:`extra_metrics` the leaderboard shows, metric -> column title; records carry them
+    leaderboard_metrics: ClassVar[Mapping[str, str]] = {}
     targeted: bool = False
     #: query attacks: queries per image (the oracle's budget; None = unlimited) and rows per model call
     budget: int | None = None
@@ -190,8 +192,8 @@ class Attack(abc.ABC):
         """Attack-specific summary metrics, measured afresh after the run (e.g. fooling rate, evasive success).
 
         Called by :func:`advsuite.evaluation.evaluate` with all ``n`` images (on the CPU), the returned
-        ``x_adv`` and the ``attacked`` mask; the keys join the record's metrics and, when listed in
-        :data:`advsuite.leaderboard.EXTRA_METRICS`, the leaderboard. Default: none.
+        ``x_adv`` and the ``attacked`` mask; the keys join the record's metrics and, when declared in
+        :attr:`leaderboard_metrics`, the leaderboard. Default: none.
         """
         return {}
 

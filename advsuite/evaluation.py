@@ -55,6 +55,8 @@ class Evaluation:
     oracle_stats: dict[str, float] = field(default_factory=dict)
     #: whether the attack returned traces (``traces`` holds one per attacked image, in order)
     traced: bool = False
+    #: the attack's leaderboard metrics (metric -> column title, :attr:`Attack.leaderboard_metrics`)
+    metric_titles: dict[str, str] = field(default_factory=dict)
 
 
 def _median(values: torch.Tensor) -> float | None:
@@ -252,6 +254,7 @@ def evaluate(
         robust_by_eps=robust_by_eps,
         oracle_stats=run.oracle_stats,
         traced=run.traced,
+        metric_titles=dict(attack.leaderboard_metrics),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +17,6 @@ from typing import Any
 
 from advsuite.attack import Attack, FixedEpsilonAttack
 from advsuite.evaluation import Evaluation
-from advsuite.leaderboard import EXTRA_METRICS
 from advsuite.models.classifier import Classifier
 from advsuite.plots import plot_distortion_vs_queries, plot_robust_accuracy, save_image_grid
 from advsuite.results import ResultsStore, config_hash, git_commit, package_versions, write_record
@@ -39,7 +39,7 @@ def run_names(
         "model": model_name,
         "attack": attack_name,
         "defense": defense,
-        "threat_model": attack.norm if attack is not None else None,
+        "norm": attack.norm if attack is not None else None,
         "epsilon": eps,
         "access": attack.access if attack is not None else None,
         "targeted": attack.targeted if attack is not None else None,
@@ -85,14 +85,16 @@ def write_artifacts(run_dir: Path, ev: Evaluation, attack_name: str, grid_images
     return artifacts
 
 
-def format_summary(names: dict[str, Any], metrics: dict[str, Any]) -> str:
+def format_summary(names: dict[str, Any], metrics: dict[str, Any], titles: Mapping[str, str] | None = None) -> str:
+    """The printed table of a run; ``titles`` (the attack's leaderboard metrics) adds the attack's own rows."""
+
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
     rows = [
         ("dataset / model", f"{names['dataset']} / {names['model']}"),
         ("defense", str(names.get("defense") or "none")),
-        ("attack", f"{names['attack']} ({names['access']}, {names['threat_model']})"),
+        ("attack", f"{names['attack']} ({names['access']}, {names['norm']})"),
         ("examples (attacked)", f"{metrics['n_examples']} ({metrics['n_attacked']})"),
         ("clean accuracy", fmt(metrics["clean_accuracy"])),
         ("robust accuracy", fmt(metrics["robust_accuracy"])),
@@ -116,8 +118,8 @@ def format_summary(names: dict[str, Any], metrics: dict[str, Any]) -> str:
             rows.append((f"success (MSE <= {metrics['mse_threshold']:g})", by_budget(metrics["success_rate_at"])))
         if isinstance(metrics.get("success_rate_l2_at"), dict):
             rows.append((f"success (L2 <= {metrics['l2_threshold']:g})", by_budget(metrics["success_rate_l2_at"])))
-    # attack-specific metrics (Attack.extra_metrics), e.g. patch_success@0.1, fooling_rate:resnet18
-    rows += [(k, fmt(v)) for k, v in metrics.items() if k.startswith(tuple(EXTRA_METRICS))]
+    # the attack's leaderboard metrics and their variants, e.g. patch_success@0.1, fooling_rate:resnet18
+    rows += [(k, fmt(v)) for k, v in metrics.items() if titles and k.startswith(tuple(titles))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -161,6 +163,7 @@ class RunRecorder:
             status="finished",
             names=self.names,
             metrics=ev.metrics,
+            metric_titles=ev.metric_titles,
             per_sample={"index": list(range(len(ev.x))), **ev.per_sample},
             artifacts=artifacts,
         )

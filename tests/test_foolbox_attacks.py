@@ -184,7 +184,7 @@ def test_decision_based_refuses_the_classifier(tiny_model: Classifier, test_batc
         attack(tiny_model, x, y)
 
 
-def test_threat_models():
+def test_norms():
     assert FoolboxPGD.access == "whitebox" and FoolboxPGD.fixed_epsilon
     assert FoolboxHSJA.access == "label" and FoolboxBoundary.access == "label"
     assert FoolboxHSJA(constraint="linf").norm == "linf"

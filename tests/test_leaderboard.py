@@ -45,9 +45,15 @@ def rec(
     access: str = "whitebox",
     created: str = "2024-05-01T12:00:00+00:00",
     status: str = "finished",
+    titles: dict[str, str] | None = None,
+    target: str | None = None,
     **metrics: Any,
 ) -> dict[str, Any]:
-    return {
+    """A record; ``titles`` are the attack's leaderboard metrics as new records carry them, ``target`` the
+    attack class in the config (how a record written before they travelled names them)."""
+    out: dict[str, Any] = {
+        **({"metric_titles": titles} if titles is not None else {}),
+        **({"config": {"attack": {"_target_": target}}} if target else {}),
         "schema": 1,
         "run_id": run_id,
         "status": status,
@@ -61,12 +67,13 @@ def rec(
             "weights_hash": metrics.pop("weights_hash", None),
             "attack": attack,
             "defense": defense,
-            "threat_model": "linf",
+            "norm": "linf",
             "epsilon": eps,
             "access": access,
         },
         "metrics": {"n_examples": 100, "clean_accuracy": clean, "robust_accuracy": robust, **metrics},
     }
+    return out
 
 
 def records() -> list[dict[str, Any]]:
@@ -90,7 +97,7 @@ def records() -> list[dict[str, Any]]:
 
 
 def test_grouping_worst_case_and_ranking() -> None:
-    rows = build_leaderboard(records(), dataset="mnist5k", threat_model="linf")
+    rows = build_leaderboard(records(), dataset="mnist5k", norm="linf")
     summary = [(r["epsilon"], r["rank"], r["model"], r["defense"], r["worst_case"], r["worst_attack"]) for r in rows]
     assert summary == [
         (0.1, 1, "zoo:a", "none", 0.95, "pgd"),
@@ -123,7 +130,7 @@ def test_renderers_contain_expected_cells() -> None:
     rows = build_leaderboard(records(), dataset="mnist5k", epsilon=0.3)
     md = render_markdown(rows)
     lines = md.splitlines()
-    assert lines[0].startswith("| Rank | Model | Defense | Dataset | Threat model | Epsilon | Clean acc. |")
+    assert lines[0].startswith("| Rank | Model | Defense | Dataset | Norm | Epsilon | Clean acc. |")
     assert "pgd robust acc." in lines[0] and "square robust acc." in lines[0]
     assert "qeba success rate" in lines[0] and "qeba median L2" in lines[0]
     assert lines[2].startswith("| 1 | zoo:b | jpeg | mnist5k | linf | 0.3 | 95.00% | 80.00% | pgd | 80.00% | – |")
@@ -184,7 +191,7 @@ def test_run_leaderboard_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     task = OmegaConf.load(CONF)
     assert task.name == "leaderboard" and task.out_dir is None and task.rebuild is False
     cfg = OmegaConf.create({"task": task, "paths": {"home": str(tmp_path)}})
-    cfg.task.dataset, cfg.task.threat_model = "mnist5k", "linf"
+    cfg.task.dataset, cfg.task.norm = "mnist5k", "linf"
 
     result = run_leaderboard(cfg)
     out = capsys.readouterr().out
@@ -228,7 +235,7 @@ def query_rec(
 ) -> dict[str, Any]:
     """A decision-based (minimisation) record with budget metrics; MSE per budget, L2 = 10 * MSE."""
     record = rec(run_id, model, attack, None, eps=None, access="label", created=created, success_rate=1.0, **kwargs)
-    record["names"]["threat_model"] = "l2"
+    record["names"]["norm"] = "l2"
     if targeted is not None:
         record["names"]["targeted"] = targeted
     record["metrics"].update(
@@ -279,7 +286,7 @@ def test_query_table_rows_and_rendering() -> None:
     assert qeba["flips"] == 1
     assert qeba["traces"] is None  # the synthetic record has no run directory
     assert build_query_table(everything, dataset="cifar10") == []
-    assert build_query_table(everything, threat_model="linf") == []
+    assert build_query_table(everything, norm="linf") == []
 
     md = render_query_markdown(rows)
     lines = md.splitlines()
@@ -367,22 +374,40 @@ def test_write_query_plots_skips_missing_traces(tmp_path: Path) -> None:
         assert write_query_plots(rows, tmp_path) == []
 
 
+DIVA_TARGET = "advsuite.attacks.edge.diva.DIVA"
+
+
 def test_attack_specific_metrics_get_a_column_per_attack() -> None:
     rows = build_leaderboard(
         [
-            rec("u", "a", "uap_datafree", 0.4, fooling_rate=0.62),
-            rec("d", "a", "diva", 0.9, evasive_success=0.35, adapted_success=0.8),
-            rec("p", "a", "pgd", 0.1),
+            rec("u", "a", "uap_datafree", 0.4, titles={"fooling_rate": "fooling rate"}, fooling_rate=0.62),
+            # an older record: its attack class declares the titles
+            rec(
+                "d",
+                "a",
+                "diva",
+                0.9,
+                target=DIVA_TARGET,
+                evasive_success=0.35,
+                adapted_success=0.8,
+            ),
+            # a metric the attack does not declare gets no column
+            rec("p", "a", "pgd", 0.1, titles={}, fooling_rate=0.9),
+            rec("x", "a", "gone", 0.2, target="no.such.Attack", fooling_rate=0.9),
         ]
     )
     (row,) = rows
     assert row["extra"]["fooling_rate"] == {"uap_datafree": 0.62}
     assert row["extra"]["evasive_success"] == {"diva": 0.35}
+    assert row["extra_titles"]["adapted_success"] == "adapted-model success"
     table = render_markdown(rows)
     assert "uap_datafree fooling rate" in table and "diva evasive success" in table
-    assert "pgd fooling rate" not in table
+    assert "pgd fooling rate" not in table and "gone fooling rate" not in table
     header, values = (line.split(",") for line in render_csv(rows).splitlines()[:2])
     assert dict(zip(header, values, strict=True))["fooling_rate:uap_datafree"] == "0.62"
+
+
+PATCH_TITLES = {"patch_success": "patch success"}
 
 
 class _Tables(HTMLParser):
@@ -429,8 +454,8 @@ class _Tables(HTMLParser):
 
 def test_html_page_has_one_sortable_table_per_block_with_only_its_attacks() -> None:
     extra = [
-        rec("p-patch", "p", "patch", 0.4, dataset="cifar10", patch_success=0.6),
-        rec("p-gan", "p", "patch_gan", 0.5, dataset="cifar10", patch_success=0.3),
+        rec("p-patch", "p", "patch", 0.4, dataset="cifar10", titles=PATCH_TITLES, patch_success=0.6),
+        rec("p-gan", "p", "patch_gan", 0.5, dataset="cifar10", titles=PATCH_TITLES, patch_success=0.3),
     ]
     rows = build_leaderboard(records() + extra)
     page = render_html(rows)

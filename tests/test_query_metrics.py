@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -127,7 +128,7 @@ def test_evaluate_fills_budget_metrics(setup: tuple[Classifier, torch.Tensor, to
     assert l2_at["200"] == [2.0, None, 1.0, 2.0, None] and l2_at["1000"] is None
     assert ev.per_sample["mse_at"]["100"] == [pytest.approx(4 / n_dims), None, pytest.approx(36 / n_dims), None, None]
     assert "median MSE @ queries" in format_summary(
-        {"dataset": "d", "model": "m", "attack": "a", "access": "label", "threat_model": "l2"}, m
+        {"dataset": "d", "model": "m", "attack": "a", "access": "label", "norm": "l2"}, m
     )
 
     # the traces artifact: written next to the record, and read back exactly
@@ -199,6 +200,8 @@ def test_traces_file_round_trip_and_errors(tmp_path: Path) -> None:
 class MeasuredAttack(ScriptedAttack):
     """Reports one attack-specific metric, measured from what the pipeline passes in."""
 
+    leaderboard_metrics: ClassVar[Mapping[str, str]] = {"fooling_rate": "fooling rate"}
+
     def __init__(self, key: str = "fooling_rate") -> None:
         super().__init__(None)
         self.key = key
@@ -214,7 +217,9 @@ def test_extra_metrics_join_the_record_and_may_not_shadow_standard_ones(
     ev = evaluate(model, MeasuredAttack(), x, y, verbose=False)
     assert ev.metrics["fooling_rate"] == pytest.approx(4 / 5)  # image 1 is not attacked
     assert ev.metrics["not_a_number"] is None  # stored as missing, never as NaN
-    names = {"dataset": "d", "model": "m", "attack": "a", "access": "label", "threat_model": "l2"}
-    assert re.search(r"^fooling_rate +0\.8$", format_summary(names, ev.metrics), re.M)  # printed after the run
+    names = {"dataset": "d", "model": "m", "attack": "a", "access": "label", "norm": "l2"}
+    assert re.search(
+        r"^fooling_rate +0\.8$", format_summary(names, ev.metrics, ev.metric_titles), re.M
+    )  # printed after the run
     with pytest.raises(ConfigError, match="success_rate"):
         evaluate(model, MeasuredAttack("success_rate"), x, y, verbose=False)

@@ -26,7 +26,7 @@ def make_record(home: Path, run_id: str, **overrides: Any) -> dict[str, Any]:
         "model": "smallcnn",
         "attack": "pgd",
         "defense": "none",
-        "threat_model": "linf",
+        "norm": "linf",
         "epsilon": 0.3,
         "access": "whitebox",
         "model_source": "zoo:smallcnn",
@@ -187,7 +187,7 @@ def test_index_finished_and_filters(tmp_path: Path) -> None:
     save(store, make_record(tmp_path, "b", config_hash="H1", created="2024-01-02T10:00:00+00:00"))
     # a later run with the same hash that failed does not count as finished
     save(store, make_record(tmp_path, "c", config_hash="H1", created="2024-01-03T10:00:00+00:00", status="failed"))
-    save(store, make_record(tmp_path, "d", names={"threat_model": "l2", "epsilon": 1.5}))
+    save(store, make_record(tmp_path, "d", names={"norm": "l2", "epsilon": 1.5}))
     save(store, make_record(tmp_path, "e", names={"dataset": "cifar10"}))
     assert store.path == tmp_path / "results.sqlite" and len(store) == 5
 
@@ -206,10 +206,10 @@ def test_index_finished_and_filters(tmp_path: Path) -> None:
     # the record file is the truth: a deleted run is no longer listed either
     assert ids(store.records()) == ["a", "d", "e"]
     assert ids(store.records(dataset="mnist5k")) == ["a", "d"]
-    assert ids(store.records(dataset="mnist5k", threat_model="l2")) == ["d"]
+    assert ids(store.records(dataset="mnist5k", norm="l2")) == ["d"]
     assert ids(store.records(status="failed")) == ["c"]
     assert ids(store.records(status=None)) == ["a", "c", "d", "e"]
-    assert store.records(threat_model="l2")[0]["per_sample"]["index"] == [0, 1, 2, 3]  # the full record
+    assert store.records(norm="l2")[0]["per_sample"]["index"] == [0, 1, 2, 3]  # the full record
 
 
 def test_index_upserts_by_run_id(tmp_path: Path) -> None:
@@ -225,7 +225,7 @@ def rows(store: ResultsStore) -> list[tuple[Any, ...]]:
 
     with sqlite3.connect(store.path) as conn:
         return conn.execute(
-            "SELECT run_id, status, config_hash, dataset, attack, threat_model, epsilon, robust_accuracy, "
+            "SELECT run_id, status, config_hash, dataset, attack, norm, epsilon, robust_accuracy, "
             "record_path, record_json FROM runs ORDER BY run_id"
         ).fetchall()
 

@@ -1,8 +1,8 @@
 """Leaderboards: rank models and defenses by worst-case robust accuracy over the attacks run.
 
-One row per (model, defense, dataset, threat model, epsilon), RobustBench style: clean accuracy,
+One row per (model, defense, dataset, norm, epsilon), RobustBench style: clean accuracy,
 robust accuracy for each attack, and the worst case (the minimum over attacks), ranked most robust
-first within each (dataset, threat model, epsilon) block.
+first within each (dataset, norm, epsilon) block.
 
 Rules (also in docs/results.md):
 
@@ -29,7 +29,7 @@ efficiency), ``columns`` (table columns and formatting), ``render`` (Markdown, C
 
 from advsuite.leaderboard.columns import columns, detail_columns, query_columns, ranking_columns
 from advsuite.leaderboard.queries import QueryRow, build_query_table, query_budgets, query_groups
-from advsuite.leaderboard.records import EXTRA_METRICS, evaluate_records
+from advsuite.leaderboard.records import evaluate_records, metric_titles
 from advsuite.leaderboard.render import (
     NOTE,
     QUERY_NOTE,
@@ -44,7 +44,6 @@ from advsuite.leaderboard.rows import DetailRow, LeaderboardRow, attack_details,
 from advsuite.leaderboard.write import FORMATS, write_leaderboard, write_query_plots
 
 __all__ = [
-    "EXTRA_METRICS",
     "FORMATS",
     "NOTE",
     "QUERY_NOTE",
@@ -59,6 +58,7 @@ __all__ = [
     "columns",
     "detail_columns",
     "evaluate_records",
+    "metric_titles",
     "query_budgets",
     "query_columns",
     "query_groups",

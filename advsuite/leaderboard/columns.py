@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from advsuite.leaderboard.queries import QueryRow, query_budgets
-from advsuite.leaderboard.records import EXTRA_METRICS
 from advsuite.leaderboard.rows import DetailRow, LeaderboardRow
 from advsuite.results.record import finite_number
 
@@ -44,7 +43,7 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
         _MODEL,
         _DEFENSE,
         _Column("dataset", "Dataset", lambda r: r["dataset"], "text", False),
-        _Column("threat_model", "Threat model", lambda r: r["threat_model"], "text", False),
+        _Column("norm", "Norm", lambda r: r["norm"], "text", False),
         _Column("epsilon", "Epsilon", lambda r: r["epsilon"], "eps"),
         _CLEAN,
         _WORST,
@@ -55,7 +54,7 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
     for a in minimising:
         cols.append(_Column(f"success_rate:{a}", f"{a} success rate", _getter("success_rate", a), "acc"))
         cols.append(_Column(f"median_l2:{a}", f"{a} median L2", _getter("median_l2", a), "dist"))
-    for metric, title in EXTRA_METRICS.items():
+    for metric, title in _titles(rows).items():
         for a in sorted({a for row in rows for a in row["extra"].get(metric, {})}):
             # "patch success" for attack patch, not "patch patch success"
             header = title if title.split()[0] == a else f"{a} {title}"
@@ -91,10 +90,19 @@ def detail_columns(details: Sequence[DetailRow]) -> list[_Column]:
     present = {m for d in details for m in d["extra"]}
     cols += [
         _Column(m, title, (lambda key: lambda r: r["extra"].get(key))(m), "acc")
-        for m, title in EXTRA_METRICS.items()
+        for m, title in _titles(details).items()
         if m in present
     ]
     return cols
+
+
+def _titles(rows: Sequence[LeaderboardRow] | Sequence[DetailRow]) -> dict[str, str]:
+    """Every attack-declared metric in ``rows`` with its title, in the order the rows name them."""
+    titles: dict[str, str] = {}
+    for row in rows:
+        for metric, title in row["extra_titles"].items():
+            titles.setdefault(metric, title)
+    return titles
 
 
 def _getter(field: str, attack: str) -> Callable[[Any], Any]:

@@ -37,7 +37,7 @@ class QueryRow(TypedDict):
 def build_query_table(
     records: Iterable[Mapping[str, Any]],
     dataset: str | None = None,
-    threat_model: str | None = None,
+    norm: str | None = None,
 ) -> list[QueryRow]:
     """The query-efficiency rows: finished evaluate records of minimisation attacks with budget metrics.
 
@@ -46,7 +46,7 @@ def build_query_table(
     (white-box and fixed-epsilon attacks, and runs recorded before these metrics existed) are skipped.
     """
     latest: dict[tuple[str, str, str, bool, str, str], _Entry] = {}
-    for record in evaluate_records(records, dataset, threat_model):
+    for record in evaluate_records(records, dataset, norm):
         names = record.get("names") or {}
         metrics = record.get("metrics") or {}
         if not isinstance(metrics.get("median_mse_at"), Mapping) or finite_number(metrics.get("robust_accuracy")):
@@ -56,7 +56,7 @@ def build_query_table(
             _model_key(names),
             str(names.get("defense") or "none"),
             _targeted(record),
-            str(names.get("threat_model")),
+            str(names.get("norm")),
             str(names.get("attack")),
         )
         entry = _Entry(key[-1], None, record)

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from advsuite.results.record import finite_number
+from advsuite.results.record import finite_number, upgrade_record
 
-#: attack-specific metrics (``Attack.extra_metrics``) that get a column per attack when a record has them
-EXTRA_METRICS: dict[str, str] = {
-    "fooling_rate": "fooling rate",
-    "transfer_fooling_rate": "transfer fooling rate",
-    "patch_success": "patch success",
-    "adapted_success": "adapted-model success",
-    "evasive_success": "evasive success",
-    "restored_exact": "bit-exact restores",
-}
+
+def metric_titles(record: Mapping[str, Any]) -> dict[str, str]:
+    """The attack's own leaderboard metrics (metric -> column title) as its record carries them; for a record
+    written before they travelled with it, what the attack's class (the config's ``_target_``) declares."""
+    titles = record.get("metric_titles")
+    if isinstance(titles, Mapping):
+        return {str(k): str(v) for k, v in titles.items()}
+    return dict(_declared_titles(((record.get("config") or {}).get("attack") or {}).get("_target_")))
+
+
+@functools.cache
+def _declared_titles(target: Any) -> tuple[tuple[str, str], ...]:
+    from advsuite.attack import Attack
+
+    module, _, name = str(target or "").rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return ()  # an attack this installation does not have: no attack-specific columns
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        return ()
+    return tuple(cls.leaderboard_metrics.items())
 
 
 @dataclass(frozen=True)
@@ -74,16 +89,17 @@ def _eps_key(eps: float) -> float:
 
 
 def evaluate_records(
-    records: Iterable[Mapping[str, Any]], dataset: str | None, threat_model: str | None
+    records: Iterable[Mapping[str, Any]], dataset: str | None, norm: str | None
 ) -> Iterator[Mapping[str, Any]]:
     """The records every table is built from: finished ``evaluate`` runs, of ``dataset`` and
-    ``threat_model`` when given."""
+    ``norm`` when given."""
     for record in records:
-        names = record.get("names") or {}
+        record = upgrade_record({**record, "names": dict(record.get("names") or {})})
+        names = record["names"]
         if record.get("status") != "finished" or names.get("task", "evaluate") != "evaluate":
             continue
         if dataset is not None and names.get("dataset") != dataset:
             continue
-        if threat_model is not None and names.get("threat_model") != threat_model:
+        if norm is not None and names.get("norm") != norm:
             continue
         yield record

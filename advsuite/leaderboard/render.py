@@ -16,7 +16,7 @@ from advsuite.leaderboard.rows import LeaderboardRow, attack_details, blocks
 
 NOTE = (
     "Worst case = minimum robust accuracy over the attacks run at this epsilon; ranked by it, most robust "
-    "first, within each (dataset, threat model, epsilon). Minimisation attacks without a robust accuracy at "
+    "first, within each (dataset, norm, epsilon). Minimisation attacks without a robust accuracy at "
     "epsilon are shown by success rate and median L2 and left out of the worst case. Queries = median queries "
     "of black-box attacks."
 )
@@ -61,7 +61,7 @@ def _md_escape(text: str) -> str:
 def render_html(
     rows: Sequence[LeaderboardRow], title: str = "advsuite leaderboard", query_rows: Sequence[QueryRow] = ()
 ) -> str:
-    """A standalone HTML page: one sortable table per (dataset, threat model, epsilon) block under its own
+    """A standalone HTML page: one sortable table per (dataset, norm, epsilon) block under its own
     heading, each with only the attacks run there, then the query table when ``query_rows``; escaped,
     no external files."""
     parts = []

@@ -1,4 +1,4 @@
-"""The ranking rows: one per (model, defense, dataset, threat model, epsilon), worst case first."""
+"""The ranking rows: one per (model, defense, dataset, norm, epsilon), worst case first."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from advsuite.leaderboard.records import (
-    EXTRA_METRICS,
     _Entry,
     _eps_key,
     _metric,
     _model_key,
     _versions,
     evaluate_records,
+    metric_titles,
 )
 from advsuite.results.record import finite_number
 
@@ -25,7 +25,7 @@ class LeaderboardRow(TypedDict):
     model: str
     defense: str
     dataset: str
-    threat_model: str
+    norm: str
     epsilon: float | None
     clean_accuracy: float | None
     worst_case: float | None
@@ -34,8 +34,9 @@ class LeaderboardRow(TypedDict):
     success_rate: dict[str, float | None]
     median_l2: dict[str, float | None]
     queries: dict[str, float]
-    #: attack-specific metrics (:data:`EXTRA_METRICS`), metric -> attack -> value
+    #: the attacks' own leaderboard metrics, metric -> attack -> value, and their column titles
     extra: dict[str, dict[str, float | None]]
+    extra_titles: dict[str, str]
     n_examples: int | None
     date: str | None
     versions: str
@@ -45,12 +46,12 @@ class LeaderboardRow(TypedDict):
 def build_leaderboard(
     records: Iterable[Mapping[str, Any]],
     dataset: str | None = None,
-    threat_model: str | None = None,
+    norm: str | None = None,
     epsilon: float | None = None,
 ) -> list[LeaderboardRow]:
     """Group finished evaluate records into ranked rows; the filters keep matching rows only."""
     groups: dict[tuple[str, str, str, str, float | None], dict[str, _Entry]] = {}
-    for record in evaluate_records(records, dataset, threat_model):
+    for record in evaluate_records(records, dataset, norm):
         names = record.get("names") or {}
         for eps, entry in _entries(record):
             if epsilon is not None and (eps is None or not math.isclose(eps, epsilon, rel_tol=1e-6)):
@@ -59,7 +60,7 @@ def build_leaderboard(
                 _model_key(names),
                 str(names.get("defense") or "none"),
                 str(names.get("dataset")),
-                str(names.get("threat_model")),
+                str(names.get("norm")),
                 eps,
             )
             by_attack = groups.setdefault(key, {})
@@ -89,7 +90,7 @@ def _entries(record: Mapping[str, Any]) -> list[tuple[float | None, _Entry]]:
 
 
 def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _Entry]) -> LeaderboardRow:
-    model, defense, dataset, threat_model, eps = key
+    model, defense, dataset, norm, eps = key
     robust = {a: e.robust_accuracy for a, e in sorted(entries.items()) if e.robust_accuracy is not None}
     minimising = {a: e for a, e in sorted(entries.items()) if e.robust_accuracy is None}
     worst_attack = min(robust, key=lambda a: (robust[a], a)) if robust else None
@@ -99,6 +100,11 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
         median = _metric(entry.record, "median_queries")
         if median is not None and (entry.record.get("names") or {}).get("access") in ("score", "label"):
             queries[attack] = median
+    declared = {a: metric_titles(e.record) for a, e in sorted(entries.items())}
+    titles: dict[str, str] = {}
+    for own in declared.values():
+        for metric, title in own.items():
+            titles.setdefault(metric, title)
     counts = [_metric(e.record, "n_examples") for e in entries.values()]
     known = [n for n in counts if n is not None]
     return LeaderboardRow(
@@ -106,7 +112,7 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
         model=model,
         defense=defense,
         dataset=dataset,
-        threat_model=threat_model,
+        norm=norm,
         epsilon=eps,
         clean_accuracy=_metric(latest.record, "clean_accuracy"),
         worst_case=robust[worst_attack] if worst_attack is not None else None,
@@ -116,9 +122,12 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
         median_l2={a: _metric(e.record, "median_l2") for a, e in minimising.items()},
         queries=queries,
         extra={
-            m: {a: _metric(e.record, m) for a, e in sorted(entries.items()) if _metric(e.record, m) is not None}
-            for m in EXTRA_METRICS
+            m: {
+                a: v for a, e in sorted(entries.items()) if m in declared[a] and (v := _metric(e.record, m)) is not None
+            }
+            for m in titles
         },
+        extra_titles=titles,
         # the smallest sample behind any number in the row: the row is only as solid as that
         n_examples=int(min(known)) if known else None,
         date=latest.created[:10] or None,
@@ -130,7 +139,7 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
 def _rank(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
     def block(row: LeaderboardRow) -> tuple[str, str, bool, float]:
         eps = row["epsilon"]
-        return (row["dataset"], row["threat_model"], eps is None, eps if eps is not None else 0.0)
+        return (row["dataset"], row["norm"], eps is None, eps if eps is not None else 0.0)
 
     def order(row: LeaderboardRow) -> tuple[Any, ...]:
         worst, clean = row["worst_case"], row["clean_accuracy"]
@@ -155,11 +164,11 @@ def _rank(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
 
 
 def blocks(rows: Sequence[LeaderboardRow]) -> list[tuple[str, list[LeaderboardRow]]]:
-    """The ranked rows split into their (dataset, threat model, epsilon) blocks, each with a heading."""
+    """The ranked rows split into their (dataset, norm, epsilon) blocks, each with a heading."""
     out: list[tuple[str, list[LeaderboardRow]]] = []
     current: tuple[str, str, float | None] | None = None
     for row in rows:
-        key = (row["dataset"], row["threat_model"], row["epsilon"])
+        key = (row["dataset"], row["norm"], row["epsilon"])
         if key != current:
             eps = "no fixed ε (minimisation attacks)" if key[2] is None else f"ε = {key[2]:.6g}"
             out.append((f"{key[0]} · {key[1]} · {eps}", []))
@@ -179,6 +188,7 @@ class DetailRow(TypedDict):
     median_l2: float | None
     queries: float | None
     extra: dict[str, float | None]
+    extra_titles: dict[str, str]
 
 
 def attack_details(rows: Sequence[LeaderboardRow]) -> list[DetailRow]:
@@ -199,6 +209,7 @@ def attack_details(rows: Sequence[LeaderboardRow]) -> list[DetailRow]:
                     median_l2=row["median_l2"].get(a),
                     queries=row["queries"].get(a),
                     extra={m: values[a] for m, values in row["extra"].items() if a in values},
+                    extra_titles=row["extra_titles"],
                 )
             )
     return out

@@ -115,6 +115,21 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
         record = json.load(fh)
     if not isinstance(record, dict):
         raise ValueError(f"{path} does not hold a record (a JSON object); it holds a {type(record).__name__}")
+    return upgrade_record(record)
+
+
+#: record ``names`` fields that were renamed: old name -> the name records use now
+RENAMED_NAMES = {"threat_model": "norm"}
+
+
+def upgrade_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` in today's words: a ``names`` field under an old name (:data:`RENAMED_NAMES`) moves to its
+    new one, so records written by earlier versions read like new ones. Changes and returns ``record``."""
+    names = record.get("names")
+    if isinstance(names, dict):
+        for old, new in RENAMED_NAMES.items():
+            if old in names and new not in names:
+                names[new] = names.pop(old)
     return record
 
 

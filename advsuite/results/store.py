@@ -25,7 +25,7 @@ from advsuite.results.record import RECORD_NAME, finite_number, read_checked_rec
 
 INDEX_NAME = "results.sqlite"
 #: bump when the table changes; an index with another version is re-created from the records
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 #: where runs live under the home (``hydra.run.dir`` and ``hydra.sweep.dir`` in conf/config.yaml)
 RUN_ROOTS = ("runs", "multirun")
 
@@ -40,7 +40,7 @@ _NAME_COLUMNS = (
     ("weights_hash", "TEXT"),
     ("attack", "TEXT"),
     ("defense", "TEXT"),
-    ("threat_model", "TEXT"),
+    ("norm", "TEXT"),
     ("epsilon", "REAL"),
     ("access", "TEXT"),
 )
@@ -257,7 +257,7 @@ class ResultsStore:
     def records(
         self,
         dataset: str | None = None,
-        threat_model: str | None = None,
+        norm: str | None = None,
         status: str | None = "finished",
         *,
         task: str | None = None,
@@ -268,7 +268,7 @@ class ResultsStore:
         or no longer the indexed run is left out, with a warning for the last three.
         """
         where, args = [], []
-        for column, value in (("dataset", dataset), ("threat_model", threat_model), ("status", status), ("task", task)):
+        for column, value in (("dataset", dataset), ("norm", norm), ("status", status), ("task", task)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -325,7 +325,7 @@ def _create(conn: sqlite3.Connection) -> None:
     columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS)
     conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
     conn.execute("CREATE INDEX IF NOT EXISTS runs_by_hash ON runs (config_hash, status)")
-    conn.execute("CREATE INDEX IF NOT EXISTS runs_by_board ON runs (dataset, threat_model, status)")
+    conn.execute("CREATE INDEX IF NOT EXISTS runs_by_board ON runs (dataset, norm, status)")
     conn.execute(f"PRAGMA user_version = {INDEX_VERSION}")
 
 

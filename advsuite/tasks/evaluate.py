@@ -147,6 +147,6 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         artifacts = write_artifacts(recorder.run_dir, ev, recorder.names["attack"], int(cfg.task.grid_images))
         recorder.finish(ev, artifacts)
-        print(format_summary(recorder.names, ev.metrics))
+        print(format_summary(recorder.names, ev.metrics, ev.metric_titles))
     print(f"record: {recorder.run_dir / 'record.json'}")
     return recorder.record

@@ -22,7 +22,7 @@ from advsuite.results.store import ResultsStore
 
 
 def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
-    """Build the leaderboard for ``cfg.task.{dataset, threat_model, epsilon}``, print it and write files.
+    """Build the leaderboard for ``cfg.task.{dataset, norm, epsilon}``, print it and write files.
 
     Decision-based (minimisation) attacks with budget metrics also get the query-efficiency table
     (not when ``task.epsilon`` is set: they have no epsilon) and, with ``task.plot`` (default true),
@@ -34,30 +34,28 @@ def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
     task = cfg.task
     paths = cfg.get("paths") or {}
     home = advsuite_home(paths.get("home"))
-    dataset, threat_model = task.get("dataset"), task.get("threat_model")
+    dataset, norm = task.get("dataset"), task.get("norm")
     epsilon = task.get("epsilon")
     store = ResultsStore(home)
     rebuilt = None
     if task.get("rebuild", False):
         rebuilt = store.rebuild()
         print(f"re-indexed {rebuilt} run(s) from {home}")
-    records = store.records(dataset=dataset, threat_model=threat_model, task="evaluate")
-    rows = build_leaderboard(
-        records, dataset=dataset, threat_model=threat_model, epsilon=None if epsilon is None else float(epsilon)
-    )
-    query_rows = [] if epsilon is not None else build_query_table(records, dataset=dataset, threat_model=threat_model)
+    records = store.records(dataset=dataset, norm=norm, task="evaluate")
+    rows = build_leaderboard(records, dataset=dataset, norm=norm, epsilon=None if epsilon is None else float(epsilon))
+    query_rows = [] if epsilon is not None else build_query_table(records, dataset=dataset, norm=norm)
     if rows:
         print(render_markdown(rows))
     if query_rows:
         print(f"{QUERY_TITLE}\n\n{render_query_markdown(query_rows)}")
     if not rows and not query_rows:
         print(
-            f"no finished evaluate runs for dataset={dataset} threat_model={threat_model} epsilon={epsilon} "
+            f"no finished evaluate runs for dataset={dataset} norm={norm} epsilon={epsilon} "
             f"in {store.path}; run some first (python -m advsuite ...), or pass task.rebuild=true if run "
             "directories were copied here"
         )
     out_dir = Path(task.get("out_dir") or home / "leaderboard")
-    stem = "_".join(["leaderboard", *(str(v) for v in (dataset, threat_model, epsilon) if v is not None)])
+    stem = "_".join(["leaderboard", *(str(v) for v in (dataset, norm, epsilon) if v is not None)])
     formats = list(task.get("formats") or FORMATS)
     written = write_leaderboard(rows, out_dir, formats=formats, stem=stem, query_rows=query_rows)
     for fmt, path in written.items():

@@ -55,6 +55,7 @@ the last step get a final test (two passes), and every image one pass of the ori
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -123,6 +124,10 @@ class DIVA(FixedEpsilonAttack):
     """DIVA (Hao et al., MLSys 2022) and its PGD-on-the-adapted-model baseline; see the module docstring."""
 
     access: ClassVar[Access] = "whitebox"
+    leaderboard_metrics: ClassVar[Mapping[str, str]] = {
+        "adapted_success": "adapted-model success",
+        "evasive_success": "evasive success",
+    }
     norm = "linf"
 
     method: str = "diva"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -73,6 +73,7 @@ class UniversalPatchAttack(Attack):
     """Base of the universal patch attacks (see the module docstring); not instantiated directly."""
 
     access: ClassVar[Access] = "whitebox"
+    leaderboard_metrics: ClassVar[Mapping[str, str]] = {"patch_success": "patch success"}
 
     #: patch area as a fraction of the image area; a list fits one patch per size (the success-vs-size curve)
     size: float | list[float] = 0.1

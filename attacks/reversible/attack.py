@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -88,6 +88,10 @@ class ReversiblePatch(Attack):
     """Chen et al.'s reversible attack: a visible patch plus B-R-G reversible data hiding; white-box."""
 
     access: ClassVar[Access] = "whitebox"
+    leaderboard_metrics: ClassVar[Mapping[str, str]] = {
+        "restored_exact": "bit-exact restores",
+        "patch_success": "patch success",
+    }
 
     #: patch area as a fraction of the image area (one size)
     size: float = 0.05

@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import math
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -79,6 +80,10 @@ class UniversalAttack(FixedEpsilonAttack):
     """Base class: one δ per model, fitted lazily by :meth:`fit`, applied to every image."""
 
     access: ClassVar[Access] = "whitebox"
+    leaderboard_metrics: ClassVar[Mapping[str, str]] = {
+        "fooling_rate": "fooling rate",
+        "transfer_fooling_rate": "transfer fooling rate",
+    }
     norm = "linf"
 
     eps: float = DEFAULT_EPS
