@@ -23,7 +23,7 @@ from advsuite.errors import AdvsuiteError
 from advsuite.paths import HOME_ENV, advsuite_home
 
 #: config groups whose options advsuite validates itself (``advsuite.tasks.options``)
-PLUGIN_GROUPS = ("attack", "defense", "task", "train")
+PLUGIN_GROUPS = ("attack", "defense", "detector", "task", "train")
 _PLAIN_OPTION = re.compile(rf"^(?:{'|'.join(PLUGIN_GROUPS)})\.[A-Za-z_][\w.]*=")
 #: one line per failed job of a sweep (the others still run); the process then exits with status 1
 _failures: list[str] = []

@@ -90,15 +90,8 @@ def defense_names() -> list[str]:
 
 
 def detector_names() -> list[str]:
-    """The detectors advsuite ships (classes in :mod:`advsuite.detectors`)."""
-    import advsuite.detectors as detectors
-    from advsuite.detector import Detector
-
-    return sorted(
-        name
-        for name in detectors.__all__
-        if isinstance(getattr(detectors, name), type) and issubclass(getattr(detectors, name), Detector)
-    )
+    """The detector config names (the options of ``detector=``)."""
+    return _config_names("detector")
 
 
 def _attack_config(name: str, *, seed: Any, verbose: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import abc
 import math
 
 import torch
+from torch.utils.data import Dataset
 
 from advsuite.errors import ConfigError, InputError
 
@@ -57,6 +58,8 @@ class Detector(abc.ABC):
     #: flag an input when its score is above this (set by :meth:`fit` at ``fpr`` on the clean inputs)
     threshold: float | None = None
     fpr: float = DEFAULT_FPR
+    #: ``task=evaluate`` fits it on this many clean training images (a seeded random subset)
+    fit_images: int = 1000
 
     @abc.abstractmethod
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,3 +76,39 @@ class Detector(abc.ABC):
         if self.threshold is None:
             raise InputError(f"{type(self).__name__} has no threshold yet: call fit(clean) first")
         return self.score(x) > self.threshold
+
+
+def detection_step(
+    detector: Detector,
+    train: Dataset,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    attacked: torch.Tensor,
+    success: torch.Tensor,
+    seed: int,
+) -> dict[str, float | None]:
+    """The detector's step in a run: fit it on :attr:`Detector.fit_images` clean training images, then score
+    the attacked test images (clean) against their successful adversarials.
+
+    ``detector_auroc`` and ``detector_tpr`` (at the fitted threshold) compare the two; ``detector_fpr`` is the
+    false-positive rate reached on the clean test images; ``undetected_success_rate`` is the fraction of
+    attacked images whose adversarial both fools the model and passes the detector. ``None`` where an
+    attack found no adversarial.
+    """
+    from advsuite.data.bundle import sample_tensors
+
+    fit_x, _ = sample_tensors(train, detector.fit_images, seed)
+    detector.fit(fit_x)
+    assert detector.threshold is not None
+    clean, adversarial = detector.score(x[attacked]), detector.score(x_adv[success])
+    out: dict[str, float | None] = {"detector_auroc": None, "detector_tpr": None, "detector_fpr": None}
+    if len(clean):
+        out["detector_fpr"] = float((clean > detector.threshold).double().mean())
+    if len(clean) and len(adversarial):
+        metrics = detection_metrics(clean, adversarial, detector.fpr)
+        out["detector_auroc"] = metrics["auroc"]
+        out["detector_tpr"] = float((adversarial > detector.threshold).double().mean())
+    n_attacked = int(attacked.sum())
+    undetected = int((adversarial <= detector.threshold).sum())
+    out["undetected_success_rate"] = undetected / n_attacked if n_attacked else None
+    return out

@@ -28,7 +28,14 @@ def new_run_dir(home: Path) -> Path:
 
 
 def run_names(
-    *, dataset: str, model_name: str, attack_name: str, attack: Attack | None, model: Classifier | None, defense: str
+    *,
+    dataset: str,
+    model_name: str,
+    attack_name: str,
+    attack: Attack | None,
+    model: Classifier | None,
+    defense: str,
+    detector: str = "none",
 ) -> dict[str, Any]:
     """The ``names`` block of a record: what was attacked, how, and under which threat model."""
     eps = max(attack.epsilons) if isinstance(attack, FixedEpsilonAttack) else None
@@ -39,6 +46,7 @@ def run_names(
         "model": model_name,
         "attack": attack_name,
         "defense": defense,
+        "detector": detector,
         "norm": attack.norm if attack is not None else None,
         "epsilon": eps,
         "access": attack.access if attack is not None else None,
@@ -94,6 +102,7 @@ def format_summary(names: dict[str, Any], metrics: dict[str, Any], titles: Mappi
     rows = [
         ("dataset / model", f"{names['dataset']} / {names['model']}"),
         ("defense", str(names.get("defense") or "none")),
+        *([("detector", str(names["detector"]))] if names.get("detector", "none") != "none" else []),
         ("attack", f"{names['attack']} ({names['access']}, {names['norm']})"),
         ("examples (attacked)", f"{metrics['n_examples']} ({metrics['n_attacked']})"),
         ("clean accuracy", fmt(metrics["clean_accuracy"])),
@@ -118,6 +127,11 @@ def format_summary(names: dict[str, Any], metrics: dict[str, Any], titles: Mappi
             rows.append((f"success (MSE <= {metrics['mse_threshold']:g})", by_budget(metrics["success_rate_at"])))
         if isinstance(metrics.get("success_rate_l2_at"), dict):
             rows.append((f"success (L2 <= {metrics['l2_threshold']:g})", by_budget(metrics["success_rate_l2_at"])))
+    if "detector_auroc" in metrics:
+        rows.append(
+            ("detector AUROC / TPR / FPR", " / ".join(fmt(metrics[f"detector_{k}"]) for k in ("auroc", "tpr", "fpr")))
+        )
+        rows.append(("undetected success rate", fmt(metrics["undetected_success_rate"])))
     # the attack's leaderboard metrics and their variants, e.g. patch_success@0.1, fooling_rate:resnet18
     rows += [(k, fmt(v)) for k, v in metrics.items() if titles and k.startswith(tuple(titles))]
     width = max(len(k) for k, _ in rows)

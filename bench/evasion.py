@@ -66,9 +66,9 @@ from advsuite.data import as_tensors
 from advsuite.device import describe_machine, resolve_device
 from advsuite.evaluation import evaluate
 from advsuite.models.archs import build_classifier
+from advsuite.models.surrogates import reference_spec
 from advsuite.models.zoo import cache_key, load_model, parse_spec, zoo_entry
 from advsuite.paths import advsuite_home
-from advsuite.priors.gradients import reference_spec
 from advsuite.seeding import seed_everything
 from advsuite.training import Recipe
 

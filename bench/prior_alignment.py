@@ -34,8 +34,8 @@ import boundary as bb
 import torch
 from hydra import initialize_config_module
 
+from advsuite.attacks.boundary.priors.base import spectrum_spread
 from advsuite.oracles import LabelOracle
-from advsuite.priors.base import spectrum_spread
 
 DEFAULT_METHODS = ("hsja", "qeba_s", "qeba_f", "qeba_s_f4", "qeba_f_f4", "qeba_i", "nlba_ae", "nlba_vae",
                    "nlba_vae_ref6", "nlba_gan", "psba", "psba_scale3")  # fmt: skip

@@ -1,5 +1,37 @@
-"""Detectors (installed as ``advsuite.detectors``): each a module implementing :class:`advsuite.detector.Detector`."""
+"""Detectors (installed as ``advsuite.detectors``): each a module implementing :class:`advsuite.detector.Detector`.
 
+A detector config (``conf/detector/<name>.yaml``) names a factory here; ``task=evaluate`` builds it with
+the (defended) model as ``model=`` once the model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advsuite.detector import Detector
 from advsuite.detectors.feature_squeezing import FeatureSqueezing, MedianSmoothing
+from advsuite.errors import ConfigError
+from advsuite.models.classifier import Classifier
+from advsuite.models.custom import resolve_import_path
 
-__all__ = ["FeatureSqueezing", "MedianSmoothing"]
+
+def no_detector(model: Classifier | None = None, name: str = "none") -> None:
+    """``detector=none``: no detection step."""
+    return None
+
+
+def custom(model: Classifier, target: str = "", kwargs: dict[str, Any] | None = None, name: str = "custom") -> Detector:
+    """``detector=custom detector.target=my_pkg.detectors:MyDetector``: a user's own Detector by import path,
+    called as ``MyDetector(model, **detector.kwargs)``."""
+    factory = resolve_import_path(target, group="detector")
+    try:
+        detector = factory(model, **dict(kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(f"detector.target={target!r} rejected detector.kwargs={dict(kwargs or {})}: {exc}") from exc
+    if not isinstance(detector, Detector):
+        raise ConfigError(f"detector.target={target!r} built a {type(detector).__name__}, not an advsuite Detector")
+    detector.name = name if name != "custom" else target
+    return detector
+
+
+__all__ = ["FeatureSqueezing", "MedianSmoothing", "custom", "no_detector"]

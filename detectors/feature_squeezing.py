@@ -47,9 +47,18 @@ class FeatureSqueezing(Detector):
     name = "feature_squeezing"
 
     def __init__(
-        self, model: Classifier, bits: int = 1, median: int = 2, fpr: float = DEFAULT_FPR, batch_size: int = 512
+        self,
+        model: Classifier,
+        bits: int = 1,
+        median: int = 2,
+        fpr: float = DEFAULT_FPR,
+        batch_size: int = 512,
+        fit_images: int = 1000,
+        name: str = "feature_squeezing",
     ) -> None:
-        self.model = model
+        if isinstance(fit_images, bool) or not isinstance(fit_images, int) or fit_images < 1:
+            raise ConfigError(f"feature squeezing: fit_images must be a whole number >= 1, got {fit_images!r}")
+        self.model, self.name, self.fit_images = model, name, fit_images
         self.squeezers: list[Defense] = [BitDepthReduction(bits)] + ([MedianSmoothing(median)] if median > 1 else [])
         self.fpr = fpr
         self.batch_size = batch_size

@@ -21,14 +21,14 @@ import torch
 
 import advsuite
 from advsuite.attack import Attack, PrepareContext, attack_options
+from advsuite.attacks.boundary.priors.pca import fit_pca
 from advsuite.data import DataBundle, as_tensors, sample_tensors
 from advsuite.evaluation import Evaluation, evaluate
+from advsuite.generative.autoencoder import fit_autoencoder
+from advsuite.generative.gan import fit_gan
+from advsuite.generative.pgan import fit_pgan
 from advsuite.models import Classifier
-from advsuite.priors.autoencoder import fit_autoencoder
-from advsuite.priors.gan import fit_gan
-from advsuite.priors.gradients import input_gradients
-from advsuite.priors.pca import fit_pca
-from advsuite.priors.pgan import fit_pgan
+from advsuite.models.surrogates import input_gradients
 
 pytestmark = pytest.mark.numerics
 

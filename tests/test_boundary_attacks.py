@@ -15,12 +15,12 @@ from torch import nn
 from advsuite.attack import AttackResult
 from advsuite.attacks.boundary import HSJA, NLBA, PSBA, QEBA_F, QEBA_I, QEBA_S
 from advsuite.attacks.boundary.dct import dct2, idct2
+from advsuite.attacks.boundary.priors.base import Prior
 from advsuite.attacks.boundary.probes import DCTProbes, ProgressiveProbes, ResizeProbes, auto_scale
 from advsuite.attacks.foolbox_ref import FoolboxHSJA
 from advsuite.errors import ConfigError, InputError
 from advsuite.models import Classifier
 from advsuite.oracles import LabelOracle, is_adversarial
-from advsuite.priors.base import Prior
 
 # statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
 pytestmark = pytest.mark.numerics
@@ -94,7 +94,7 @@ class FakePGAN(Prior):
 
     def __init__(self) -> None:
         super().__init__((1, 28, 28))
-        self.scale_sizes = [(7, 7), (14, 14), (28, 28)]  # (height, width), as PGANPrior
+        self.scale_sizes = [(7, 7), (14, 14), (28, 28)]  # (height, width), as ProgressiveGAN
 
     def config(self):
         return {}

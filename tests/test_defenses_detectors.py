@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from advsuite.attacks.whitebox.pgd import PGD
 from advsuite.data import DataBundle, as_tensors
 from advsuite.defense import Defense, defend
 from advsuite.defenses import BitDepthReduction
-from advsuite.detector import detection_metrics, threshold_at_fpr
+from advsuite.detector import Detector, detection_metrics, detection_step, threshold_at_fpr
 from advsuite.detectors import FeatureSqueezing, MedianSmoothing
 from advsuite.errors import ConfigError, InputError
 from advsuite.evaluation import evaluate
@@ -120,7 +121,7 @@ def test_every_defense_config_builds_and_custom_ones_load_by_import_path() -> No
     from advsuite.tasks.options import build_run_defense
 
     assert advsuite.defense_names() == ["bit_depth", "custom", "none"]
-    assert advsuite.detector_names() == ["FeatureSqueezing"]
+    assert advsuite.detector_names() == ["custom", "feature_squeezing", "none"]
     for name in advsuite.defense_names():
         cfg = OmegaConf.create({"defense": OmegaConf.load(Path(__file__).parents[1] / f"conf/defense/{name}.yaml")})
         if name == "custom":
@@ -134,3 +135,59 @@ def test_every_defense_config_builds_and_custom_ones_load_by_import_path() -> No
     cfg.defense.target = "no_such_package.defenses:X"
     with pytest.raises(ConfigError, match=r"defense.target='no_such_package.defenses:X': cannot import"):
         build_run_defense(cfg, "custom")
+
+
+class Brightness(Detector):
+    """Scores an input by its mean intensity (a user's own detector, loaded by import path)."""
+
+    def __init__(self, model: Classifier, scale: float = 1.0) -> None:
+        self.model, self.scale = model, scale
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x.flatten(1).mean(1)
+
+
+def test_every_detector_config_builds_with_the_model_and_custom_ones_load_by_import_path(
+    tiny_model: Classifier,
+) -> None:
+    from omegaconf import OmegaConf
+
+    import advsuite
+    from advsuite.tasks.options import build_run_detector
+
+    def config(name: str) -> Any:
+        return OmegaConf.create({"detector": OmegaConf.load(Path(__file__).parents[1] / f"conf/detector/{name}.yaml")})
+
+    built = {}
+    for name in advsuite.detector_names():
+        cfg = config(name)
+        if name == "custom":
+            cfg.detector.target = f"{__name__}:Brightness"
+            cfg.detector.kwargs = {"scale": 2.0}
+        built[name] = build_run_detector(cfg, name)(tiny_model)
+        assert built[name] is None if name == "none" else isinstance(built[name], Detector), name
+    custom = built["custom"]
+    assert isinstance(custom, Brightness) and custom.name == f"{__name__}:Brightness" and custom.scale == 2.0
+    cfg = config("custom")
+    cfg.detector.target = "torch.nn:Identity"
+    with pytest.raises(ConfigError, match="not an advsuite Detector"):
+        build_run_detector(cfg, "custom")(tiny_model)
+    cfg = config("feature_squeezing")
+    cfg.detector.fit_images = 0
+    with pytest.raises(ConfigError, match="fit_images"):
+        build_run_detector(cfg, "feature_squeezing")(tiny_model)
+
+
+def test_the_detection_step_fits_on_training_images_and_scores_clean_against_successful_adversarials(
+    tiny_model: Classifier, mnist: DataBundle
+) -> None:
+    detector = Brightness(tiny_model)
+    detector.fit_images = 200
+    x = torch.full((4, 1, 28, 28), 0.1)
+    x_adv = torch.stack([torch.full((1, 28, 28), v) for v in (0.9, 0.05, 0.9, 0.9)])
+    attacked = torch.tensor([True, True, True, False])
+    success = torch.tensor([True, True, False, False])
+    out = detection_step(detector, mnist.train, x, x_adv, attacked, success, seed=0)
+    assert detector.threshold is not None and 0.05 < detector.threshold < 0.9  # set on real digits
+    assert out["detector_fpr"] == 0.0 and out["detector_tpr"] == 0.5 and out["detector_auroc"] == 0.5
+    assert out["undetected_success_rate"] == pytest.approx(1 / 3)  # image 1 fools the model, unflagged

@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
+from advsuite.attacks.boundary.priors.base import Prior
 from advsuite.errors import ConfigError
-from advsuite.priors.autoencoder import AEPrior, VAEPrior, fit_autoencoder, unit_l2
-from advsuite.priors.base import Prior
-from advsuite.priors.gan import GANPrior, fit_gan
-from advsuite.priors.pgan import PGANPrior, fit_pgan
+from advsuite.generative.autoencoder import VAE, AutoEncoder, fit_autoencoder, unit_l2
+from advsuite.generative.gan import GAN, fit_gan
+from advsuite.generative.pgan import ProgressiveGAN, fit_pgan
 
 # statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
 pytestmark = pytest.mark.numerics
 
-CLASSES = [AEPrior, VAEPrior, GANPrior, PGANPrior]
+CLASSES = [AutoEncoder, VAE, GAN, ProgressiveGAN]
 SHAPES = [(1, 28, 28), (3, 32, 32), (2, 29, 23)]
 
 
@@ -45,23 +45,23 @@ COMMON = {"seed": 0, "device": "cpu", "batch_size": 16}
 
 
 @pytest.fixture(scope="module")
-def fitted_ae() -> AEPrior:
+def fitted_ae() -> AutoEncoder:
     torch.manual_seed(123)  # the fits must not depend on the global RNG: it is forked and re-seeded inside
     return fit_autoencoder(pattern_data(64, (1, 16, 16))[0], variational=False, epochs=20, **COMMON)
 
 
 @pytest.fixture(scope="module")
-def fitted_vae() -> AEPrior:
+def fitted_vae() -> AutoEncoder:
     return fit_autoencoder(pattern_data(64, (1, 16, 16))[0], variational=True, epochs=20, **COMMON)
 
 
 @pytest.fixture(scope="module")
-def fitted_gan() -> GANPrior:
+def fitted_gan() -> GAN:
     return fit_gan(pattern_data(64, (1, 16, 16))[0], epochs=40, lr=2e-4, **COMMON)
 
 
 @pytest.fixture(scope="module")
-def fitted_pgan() -> PGANPrior:
+def fitted_pgan() -> ProgressiveGAN:
     return fit_pgan(pattern_data(64, (1, 8, 8), signed=False)[0], epochs_per_scale=30, depths=[16, 16], **COMMON)
 
 
@@ -81,16 +81,16 @@ def test_sample_shapes_and_determinism(cls: type[Prior], shape: tuple[int, int, 
     assert torch.equal(a, prior.sample(5, gen(0)))
     assert not torch.allclose(a, prior.sample(5, gen(1)))
     assert prior.training  # sampling switches to eval mode only for the call
-    if cls in (AEPrior, VAEPrior):
+    if cls in (AutoEncoder, VAE):
         torch.testing.assert_close(a.flatten(1).norm(dim=1), torch.ones(5))
 
 
 def test_authors_sizes_at_224() -> None:
     """At 224x224x3 the defaults give the authors' latent sizes: 48x14x14 = 9408 (AE/VAE), 9408 (GAN, PGAN)."""
-    ae = AEPrior((3, 224, 224))
+    ae = AutoEncoder((3, 224, 224))
     assert ae.n_down == 4 and ae.latent_shape == (48, 14, 14)
-    assert GANPrior((3, 224, 224)).latent_dim == 9408
-    pgan = PGANPrior((3, 224, 224))
+    assert GAN((3, 224, 224)).latent_dim == 9408
+    pgan = ProgressiveGAN((3, 224, 224))
     assert pgan.latent_dim == 9408
     assert pgan.scale_sizes == [(7, 7), (14, 14), (28, 28), (56, 56), (112, 112), (224, 224)]
 
@@ -104,7 +104,7 @@ def test_authors_sizes_at_224() -> None:
     ],
 )
 def test_pgan_sample_at_sizes(shape: tuple[int, int, int], sizes: list[tuple[int, int]]) -> None:
-    prior = PGANPrior(shape)
+    prior = ProgressiveGAN(shape)
     assert prior.scale_sizes == sizes and prior.n_scales == len(sizes)
     for s, (h, w) in enumerate(sizes, start=1):
         out = prior.sample_at(3, gen(0), s)
@@ -116,19 +116,19 @@ def test_pgan_sample_at_sizes(shape: tuple[int, int, int], sizes: list[tuple[int
 
 def test_bad_configs_raise() -> None:
     with pytest.raises(ConfigError):
-        AEPrior((1, 28, 28), n_down=2, widths=[8])
+        AutoEncoder((1, 28, 28), n_down=2, widths=[8])
     with pytest.raises(ConfigError):
-        AEPrior((1, 28))  # type: ignore[arg-type]
+        AutoEncoder((1, 28))  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
-        GANPrior((1, 28, 28), widths=[8])
+        GAN((1, 28, 28), widths=[8])
     with pytest.raises(ConfigError):
-        PGANPrior((1, 28, 28), depths=[8, 8])
+        ProgressiveGAN((1, 28, 28), depths=[8, 8])
 
 
 @pytest.mark.parametrize("kind", ["ae", "vae"])
 def test_autoencoder_fit_reconstructs_better_than_untrained(fitted: Prior, kind: str) -> None:
     prior = fitted
-    assert isinstance(prior, AEPrior) and not prior.training
+    assert isinstance(prior, AutoEncoder) and not prior.training
     m = prior.train_metrics
     assert m["final_loss"] < 0.8 * m["initial_loss"]
     x, pat = pattern_data(64, (1, 16, 16))
@@ -142,18 +142,18 @@ def test_autoencoder_fit_reconstructs_better_than_untrained(fitted: Prior, kind:
     assert alignment(prior.sample(100, gen(0)), pat) > 0.1
 
 
-def test_gan_fit_moves_samples_towards_data(fitted_gan: GANPrior) -> None:
+def test_gan_fit_moves_samples_towards_data(fitted_gan: GAN) -> None:
     prior = fitted_gan
     _, pat = pattern_data(64, (1, 16, 16))
-    untrained = GANPrior(**prior.config())
+    untrained = GAN(**prior.config())
     assert alignment(prior.sample(200, gen(0)), pat) > 0.4 > 0.1 > alignment(untrained.sample(200, gen(0)), pat)
     assert set(prior.train_metrics) >= {"d_loss", "g_loss", "wasserstein", "seconds"}
 
 
-def test_pgan_fit_moves_samples_towards_data(fitted_pgan: PGANPrior) -> None:
+def test_pgan_fit_moves_samples_towards_data(fitted_pgan: ProgressiveGAN) -> None:
     prior = fitted_pgan
     _, pat = pattern_data(64, (1, 8, 8), signed=False)
-    untrained = PGANPrior(**prior.config())
+    untrained = ProgressiveGAN(**prior.config())
     assert alignment(prior.sample(200, gen(0)), pat) > alignment(untrained.sample(200, gen(0)), pat) + 0.15
     assert prior.train_metrics["steps"] == 2 * 120
 
@@ -191,7 +191,7 @@ def test_psba_runs_on_a_real_pgan_prior(shape: tuple[int, int, int]) -> None:
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(shape), 10))
     model = Classifier(net, num_classes=10, input_shape=shape)
     x = torch.rand(2, *shape, generator=gen(1))
-    prior = PGANPrior(shape)
+    prior = ProgressiveGAN(shape)
     attack = PSBA(prior=prior, budget=300, verbose=False)
     assert attack.chosen_scale(prior) == 1  # the side nearest input side / 8: 7 of 28, 4 of 32
     oracle = LabelOracle(model, 2, 300)

@@ -14,26 +14,26 @@ import torch
 from hydra import compose, initialize_config_module
 
 from advsuite.artifacts import cache_root
+from advsuite.attacks.boundary.priors import PCAPrior, Prior, fit_pca, load_prior, prior_from_cache
+from advsuite.attacks.boundary.priors.base import probe_spread
+from advsuite.attacks.boundary.priors.pca import default_components
+from advsuite.attacks.boundary.priors.store import (
+    KIND_DEFAULTS,
+    _fit_kwargs,
+    cache_key,
+    prior_kind,
+    resolve_spec,
+)
 from advsuite.data import DataBundle, ImageArrayDataset
 from advsuite.errors import ConfigError
 from advsuite.models.archs import build_classifier
-from advsuite.priors import PCAPrior, Prior, fit_pca, load_prior, prior_from_cache
-from advsuite.priors.base import probe_spread
-from advsuite.priors.gradients import (
+from advsuite.models.surrogates import (
     REFERENCE_POOL,
     _fetch,
     assign_batches,
     gradient_data,
     input_gradients,
     load_references,
-)
-from advsuite.priors.pca import default_components
-from advsuite.priors.store import (
-    KIND_DEFAULTS,
-    _fit_kwargs,
-    cache_key,
-    prior_kind,
-    resolve_spec,
 )
 
 # statistical assertions on trained models: rerun under other CPU kernels by scripts/test.sh
@@ -230,8 +230,8 @@ def test_cache_round_trip_loads_without_retraining(mnist: DataBundle, monkeypatc
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached prior was rebuilt")
 
-    monkeypatch.setattr("advsuite.priors.pca.fit_pca", boom)
-    monkeypatch.setattr("advsuite.priors.gradients.gradient_data", boom)
+    monkeypatch.setattr("advsuite.attacks.boundary.priors.pca.fit_pca", boom)
+    monkeypatch.setattr("advsuite.models.surrogates.gradient_data", boom)
     second = load_prior(pca_spec(), mnist, device="cpu", verbose=False, victim_arch="cifarcnn")
     assert second.info["source"] == "cache"
     assert torch.equal(second.basis, first.basis)

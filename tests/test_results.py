@@ -148,6 +148,9 @@ def test_config_hash_ignores_key_order_and_ignored_keys() -> None:
     # the ignored keys are a parameter
     assert config_hash({**config, "seed": 1}, ignore=["seed"]) == config_hash(config, ignore=["seed"])
     assert config_hash(noisy, ignore=()) != h
+    # a run without a detector hashes like one recorded before the detector group existed (still skipped)
+    assert config_hash({**config, "detector": {"_target_": "advsuite.detectors.no_detector", "name": "none"}}) == h
+    assert config_hash({**config, "detector": {"name": "feature_squeezing", "bits": 1}}) != h
 
 
 def test_config_hash_accepts_omegaconf() -> None:

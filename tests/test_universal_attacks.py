@@ -234,7 +234,7 @@ def test_evaluate_reports_fooling_and_transfer_rates(
     other = copy.deepcopy(tiny_model)
     with torch.no_grad():
         other.net[-1].weight.mul_(-1)  # a different model: its predictions and fooling differ
-    monkeypatch.setattr("advsuite.priors.gradients.load_references", lambda names, data, **kw: [other])
+    monkeypatch.setattr("advsuite.models.surrogates.load_references", lambda names, data, **kw: [other])
     attack = UAPSGD(eps=EPS, epochs=1, n_images=500, transfer_models=["resnet18"], verbose=False)
     attack.prepare(context(mnist, tmp_path))
     ev = evaluate(tiny_model, attack, x, y, batch_size=128, verbose=False)

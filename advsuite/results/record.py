@@ -26,6 +26,8 @@ SCHEMA_VERSION = 1
 #: "the same configuration". Dotted names reach into groups (``task.grid_images`` only changes the
 #: picture, not the metrics).
 IGNORED_CONFIG_KEYS: tuple[str, ...] = ("hydra", "paths", "redo", "verbose", "task.grid_images")
+#: config groups added after runs were recorded: left out of the hash when their ``name`` is ``none``
+OPTIONAL_COMPONENTS: tuple[str, ...] = ("detector",)
 
 #: packages whose versions can change results; recorded with every run
 VERSIONED_PACKAGES: tuple[str, ...] = ("advsuite", "torch", "torchvision", "foolbox", "timm")
@@ -171,6 +173,8 @@ def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = IGNORED_CONFI
     """
     ignored = list(ignore)
     top = {name for name in ignored if "." not in name}
+    # an optional component left out hashes like a config from before it existed, so those runs still count
+    top |= {name for name in OPTIONAL_COMPONENTS if _name_of(config.get(name)) == "none"}
     # Drop top-level keys before converting: they may hold interpolations that do not resolve here.
     data = to_jsonable({str(k): v for k, v in config.items() if str(k) not in top})
     for name in ignored:
@@ -178,6 +182,10 @@ def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = IGNORED_CONFI
             _drop_path(data, name.split("."))
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _name_of(section: Any) -> Any:
+    return section.get("name") if isinstance(section, Mapping) else None
 
 
 def _drop_path(data: Any, parts: list[str]) -> None:

@@ -14,7 +14,8 @@ TASKS = {
     "evaluate": "advsuite.tasks.evaluate:run_evaluate",
     "train": "advsuite.tasks.train:run_train",
     "leaderboard": "advsuite.tasks.leaderboard:run_leaderboard",
-    "prior": "advsuite.tasks.prior:run_prior",
+    # the decision-based family's own task: fit a probe prior ahead of a sweep
+    "prior": "advsuite.attacks.boundary.priors.task:run_prior",
 }
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from advsuite.attack import Attack, PrepareContext
 from advsuite.data import DataBundle, as_tensors
 from advsuite.defense import Defense, defend
+from advsuite.detector import Detector, detection_step
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
 from advsuite.evaluation import evaluate
@@ -22,7 +23,7 @@ from advsuite.models.zoo import load_model
 from advsuite.paths import advsuite_home
 from advsuite.recording import RunRecorder, format_summary, run_names, write_artifacts
 from advsuite.seeding import make_generator, seed_everything
-from advsuite.tasks.options import build_run_attack, build_run_defense, check_run_options
+from advsuite.tasks.options import build_run_attack, build_run_defense, build_run_detector, check_run_options
 
 # extra test images searched for targeted starting points
 STARTING_POOL = 2000
@@ -83,6 +84,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     attack: Attack | None = None
     model: Classifier | None = None
     defense: Defense | None = None
+    detector: Detector | None = None
 
     def names() -> dict[str, Any]:
         return run_names(
@@ -92,6 +94,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             attack=attack,
             model=model,
             defense=defense.name if defense is not None else str(cfg.defense.get("name", "none")),
+            detector=detector.name if detector is not None else str((cfg.get("detector") or {}).get("name", "none")),
         )
 
     with recorder:
@@ -100,6 +103,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_run_options(cfg)
         defense = build_run_defense(cfg, choices.get("defense"))
         attack = build_run_attack(cfg, choices.get("attack"))
+        build_detector = build_run_detector(cfg, choices.get("detector"))
         recorder.names = names()
         seed_everything(int(cfg.seed))
         device = resolve_device(cfg.device)
@@ -114,6 +118,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             verbose=bool(cfg.verbose),
         )
         model = defend(model, defense)  # attacks, oracles and the re-check all see the defended model
+        detector = build_detector(model)
         recorder.names = names()
         attack.prepare(
             PrepareContext(
@@ -145,6 +150,9 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             mse_threshold=cfg.task.mse_threshold,
             l2_threshold=cfg.task.l2_threshold,
         )
+        if detector is not None:
+            success = torch.tensor(ev.per_sample["success"], dtype=torch.bool)
+            ev.metrics.update(detection_step(detector, data.train, ev.x, ev.x_adv, ev.attacked, success, int(cfg.seed)))
         artifacts = write_artifacts(recorder.run_dir, ev, recorder.names["attack"], int(cfg.task.grid_images))
         recorder.finish(ev, artifacts)
         print(format_summary(recorder.names, ev.metrics, ev.metric_titles))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hydra.utils import get_class, get_method
@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from advsuite.attack import Attack, construct_attack
 from advsuite.configs import to_plain
 from advsuite.defense import Defense
+from advsuite.detector import Detector
 from advsuite.errors import ConfigError
+from advsuite.models.classifier import Classifier
 from advsuite.validation import check_known_options
 
 DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
@@ -68,24 +70,48 @@ def build_run_attack(cfg: DictConfig, choice: str | None = None) -> Attack:
 def build_run_defense(cfg: DictConfig, choice: str | None = None) -> Defense | None:
     """The defense of ``cfg.defense`` (``None`` for ``defense=none``), its options checked against the
     signature of its ``_target_`` (the defense's own constructor validates the values)."""
-    label = f"defense {choice or cfg.defense.get('name', '')}".strip()
-    options = OmegaConf.to_container(cfg.defense, resolve=True)
+    factory, kwargs, label = _component(cfg, "defense", choice, "advsuite.defenses.BitDepthReduction")
+    defense = factory(**kwargs)
+    if defense is not None and not isinstance(defense, Defense):
+        raise ConfigError(f"{label}: its _target_ built a {type(defense).__name__}, not an advsuite Defense")
+    return defense
+
+
+def build_run_detector(cfg: DictConfig, choice: str | None = None) -> Callable[[Classifier], Detector | None]:
+    """What builds the detector of ``cfg.detector`` once the model is loaded (``None`` for ``detector=none``);
+    its options are checked now against the signature of its ``_target_`` (which takes the model as ``model``)."""
+    if cfg.get("detector") is None:
+        return lambda model: None
+    factory, kwargs, label = _component(cfg, "detector", choice, "advsuite.detectors.FeatureSqueezing", ("model",))
+
+    def build(model: Classifier) -> Detector | None:
+        detector = factory(model=model, **kwargs)
+        if detector is not None and not isinstance(detector, Detector):
+            raise ConfigError(f"{label}: its _target_ built a {type(detector).__name__}, not an advsuite Detector")
+        return detector
+
+    return build
+
+
+def _component(
+    cfg: DictConfig, group: str, choice: str | None, example: str, supplied: tuple[str, ...] = ()
+) -> tuple[Callable[..., Any], dict[str, Any], str]:
+    """The factory named by ``cfg.<group>._target_`` and its options, checked against its signature
+    (``supplied`` are the arguments the pipeline passes itself); and the label errors use."""
+    section = cfg[group]
+    label = f"{group} {choice or section.get('name', '')}".strip()
+    options = OmegaConf.to_container(section, resolve=True)
     if not isinstance(options, dict) or "_target_" not in options:
-        raise ConfigError(
-            f"{label} has no _target_ (the Defense class to build, e.g. advsuite.defenses.BitDepthReduction)"
-        )
+        raise ConfigError(f"{label} has no _target_ (the class to build, e.g. {example})")
     target = str(options.pop("_target_"))
     kwargs = {str(k): v for k, v in options.items()}
     try:
         factory = get_method(target)
     except Exception as exc:  # Hydra raises ImportError or ValueError subclasses
         raise ConfigError(f"{label}: cannot import its _target_ {target!r} ({exc})") from exc
-    valid = [p for p in inspect.signature(factory).parameters if p != "self"]
-    _known_keys(kwargs, valid, label, "defense")
-    defense = factory(**kwargs)
-    if defense is not None and not isinstance(defense, Defense):
-        raise ConfigError(f"{label}: {target} built a {type(defense).__name__}, not an advsuite Defense")
-    return defense
+    valid = [p for p in inspect.signature(factory).parameters if p != "self" and p not in supplied]
+    _known_keys(kwargs, valid, label, group)
+    return factory, kwargs, label
 
 
 def declared_task_options(name: str) -> tuple[str, ...]:

@@ -27,12 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from advsuite.attack import Access, Attack, AttackResult, PrepareContext
+from advsuite.attacks.boundary.priors.base import Prior
 from advsuite.configs import to_plain
 from advsuite.errors import ConfigError, InputError
 from advsuite.oracles import LabelOracle
-from advsuite.priors.base import Prior
+from advsuite.validation import check_choice, check_flags, check_int, check_number
 
-from ..checks import check_choice, check_flags, check_int, check_number
 from .loop import CONSTANT_SETS, PROBE_SCHEDULES, LoopSettings, hsja_loop
 from .probes import (
     DCTProbes,
@@ -227,7 +227,7 @@ class PriorAttack(HSJA):
     def prepare(self, context: PrepareContext) -> None:
         if isinstance(self.prior, Prior):
             return
-        from advsuite.priors import load_prior
+        from advsuite.attacks.boundary.priors import load_prior
 
         self.prior = load_prior(
             self.prior,
@@ -243,7 +243,7 @@ class PriorAttack(HSJA):
         if not isinstance(self.prior, Prior):
             raise InputError(
                 f"{type(self).__name__}: the prior is not loaded; call attack.prepare(PrepareContext(...)) "
-                "or pass prior= a loaded advsuite.priors.Prior"
+                "or pass prior= a loaded advsuite.attacks.boundary.priors.Prior"
             )
         if tuple(self.prior.input_shape) != tuple(oracle.input_shape):
             raise InputError(

@@ -17,8 +17,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from advsuite.attacks.boundary.priors.base import Prior, qeba_subspace_fraction
 from advsuite.errors import ConfigError
-from advsuite.priors.base import Prior, qeba_subspace_fraction
 
 from .dct import dct_matrix, low_pass
 
@@ -130,7 +130,7 @@ class DCTProbes(FullSpace):
 
 
 class PriorProbes(FullSpace):
-    """QEBA-I and NonLinear-BA: directions drawn from a learned :class:`~advsuite.priors.base.Prior`."""
+    """QEBA-I and NonLinear-BA: directions drawn from a learned prior (:data:`.priors.base.Prior`)."""
 
     def __init__(self, prior: Prior) -> None:
         self.prior = prior
@@ -160,7 +160,7 @@ class ProgressiveProbes(FullSpace):
     def draw(self, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         h, w = x_t.shape[2:]
         with torch.no_grad():
-            out = self.prior.sample_at(n, generator, self.scale).to(x_t.device, torch.float32)  # type: ignore[operator]
+            out = self.prior.sample_at(n, generator, self.scale).to(x_t.device, torch.float32)
         if out.shape[-2:] != (h, w):
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         if self.dct_factor > 1:

@@ -66,9 +66,8 @@ from advsuite.attack import Access, AttackResult, FixedEpsilonAttack, PrepareCon
 from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
-from advsuite.validation import check_images
+from advsuite.validation import check_choice, check_flags, check_images, check_int, check_number
 
-from ..checks import check_choice, check_flags, check_int, check_number
 from .adapt import (
     ADAPTATIONS,
     BACKENDS,

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import foolbox as fb
 
-from ..checks import check_int, check_number
+from advsuite.validation import check_int, check_number
+
 from .decision import FoolboxDecisionAttack, default_init_attack
 
 

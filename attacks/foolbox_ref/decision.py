@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from advsuite.attack import Access, Attack, AttackResult
 from advsuite.errors import InputError
 from advsuite.oracles import LabelOracle
+from advsuite.validation import check_flags, check_int
 
-from ..checks import check_flags, check_int
 from .adapter import OracleAdapter, OracleSpent, seeded
 
 

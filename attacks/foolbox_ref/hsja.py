@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import foolbox as fb
 
-from ..checks import check_choice, check_int, check_number
+from advsuite.validation import check_choice, check_int, check_number
+
 from .decision import FoolboxDecisionAttack, default_init_attack
 
 CONSTRAINTS = ("l2", "linf")

@@ -23,8 +23,8 @@ import torch
 from advsuite.attack import Access, AttackResult, FixedEpsilonAttack
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
+from advsuite.validation import check_choice, check_flags, check_number
 
-from ..checks import check_choice, check_flags, check_number
 from ..whitebox.pgd import NORMS
 from .adapter import seeded
 

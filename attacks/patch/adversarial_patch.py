@@ -48,9 +48,8 @@ from advsuite.attack import Access, PrepareContext
 from advsuite.errors import ConfigError, InputError
 from advsuite.models.classifier import Classifier
 from advsuite.seeding import make_generator
-from advsuite.validation import check_images, check_labels
+from advsuite.validation import check_images, check_int, check_labels, check_number
 
-from ..checks import check_int, check_number
 from .base import UniversalPatchAttack, objective, training_images
 
 

@@ -26,8 +26,8 @@ from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import is_adversarial
 from advsuite.seeding import make_generator
+from advsuite.validation import check_flags, check_int
 
-from ..checks import check_flags, check_int
 from .placement import SHAPES, paste, patch_mask, patch_side, random_positions, random_transforms, warp
 
 #: the run's patch positions come from ``seed + EVAL_STREAM`` (fitting uses ``seed``), the curve's from one more

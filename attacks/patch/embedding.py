@@ -37,9 +37,8 @@ from torch import nn
 
 from advsuite.errors import ConfigError, InputError
 from advsuite.seeding import make_generator
-from advsuite.validation import check_images
+from advsuite.validation import check_choice, check_flags, check_images, check_int, check_number
 
-from ..checks import check_choice, check_flags, check_int, check_number
 from .base import EVAL_STREAM, as_range
 from .placement import SHAPES, paste, patch_mask, patch_side, random_positions, random_transforms, warp
 

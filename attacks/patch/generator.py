@@ -3,9 +3,9 @@
 Xiao et al. (CVPR 2021) take the patch as G(w) of a face generator (StyleGAN-type) pre-trained on real
 faces. We train a small generator on the run's own dataset instead: a VAE on random ``s × s`` crops of
 training images (``s`` the patch side), reusing the encoder/decoder of NonLinear-BA's VAE prior
-(:class:`advsuite.priors.autoencoder.VAEPrior`) with an image likelihood: inputs mapped to [−1, 1], a
+(:class:`advsuite.generative.autoencoder.VAE`) with an image likelihood: inputs mapped to [−1, 1], a
 sigmoid output in [0, 1], Bernoulli (binary cross-entropy) reconstruction plus ``kl_weight`` × KL, an
-unconstrained (linear) latent. A VAE decoder rather than the suite's WGAN (:mod:`advsuite.priors.gan`):
+unconstrained (linear) latent. A VAE decoder rather than the suite's WGAN (:mod:`advsuite.generative.gan`):
 weight-clipped WGAN training mode-collapsed on 3 × 32 × 32 inputs at this budget, a VAE trains reliably.
 
 Generators are cached like priors, under the zoo cache root::
@@ -34,7 +34,7 @@ from advsuite.artifacts import Entry, content_key
 from advsuite.configs import to_plain
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError, InputError
-from advsuite.priors.autoencoder import VAEPrior
+from advsuite.generative.autoencoder import VAE
 from advsuite.seeding import make_generator
 
 WEIGHTS_FILE = "generator.safetensors"
@@ -52,7 +52,7 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
 }
 
 
-class PatchVAE(VAEPrior):
+class PatchVAE(VAE):
     """A VAE on (C, s, s) image crops; :meth:`decode` is the generator G(w) with outputs in [0, 1]."""
 
     kind = "patch_vae"

@@ -57,11 +57,11 @@ from advsuite.attack import Access, PrepareContext
 from advsuite.configs import to_plain
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
+from advsuite.models.surrogates import SURROGATE_RECIPE, surrogate_names
 from advsuite.oracles import LabelOracle
-from advsuite.priors.gradients import SURROGATE_RECIPE, surrogate_names
 from advsuite.seeding import make_generator
+from advsuite.validation import check_choice, check_int, check_number
 
-from ..checks import check_choice, check_int, check_number
 from .base import UniversalPatchAttack, objective, training_images
 from .generator import PatchVAE, load_patch_generator, resolve_settings
 from .placement import gaussian_smoothing, input_diversity
@@ -135,7 +135,7 @@ class TransferPatch(UniversalPatchAttack):
 
     def prepare(self, context: PrepareContext) -> None:
         """Load (or train) the surrogates from the zoo and, for ``space: latent``, the patch generators."""
-        from advsuite.priors.gradients import load_references
+        from advsuite.models.surrogates import load_references
 
         self._data, self._train = context.data, None
         names = resolve_surrogates(self.surrogates, context.victim_arch)

@@ -52,8 +52,8 @@ from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.oracles import is_adversarial
 from advsuite.seeding import make_generator
+from advsuite.validation import check_choice, check_flags, check_int
 
-from ..checks import check_choice, check_flags, check_int
 from ..patch import AdversarialPatch
 from .codec import Hidden, Rect, hide, restore
 from .payload import CODECS, RestoreError

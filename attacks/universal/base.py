@@ -35,9 +35,8 @@ from advsuite.configs import to_plain
 from advsuite.data import sample_tensors
 from advsuite.errors import ConfigError, InputError
 from advsuite.models.classifier import Classifier
-from advsuite.priors.gradients import SURROGATE_RECIPE
-
-from ..checks import check_flags, check_int, check_number
+from advsuite.models.surrogates import SURROGATE_RECIPE
+from advsuite.validation import check_flags, check_int, check_number
 
 #: GD-UAP's ξ = 10 on the 0-255 scale
 DEFAULT_EPS = 10 / 255
@@ -119,7 +118,7 @@ class UniversalAttack(FixedEpsilonAttack):
             raise ConfigError(f"{owner}: transfer_recipe must be a mapping of recipe keys, got {recipe!r}")
         self.transfer_recipe = dict(recipe or {})
         if self.transfer_models:
-            from advsuite.priors.gradients import model_config
+            from advsuite.models.surrogates import model_config
 
             for name in self.transfer_models:
                 model_config(name)  # an unknown name fails here, listing the valid ones
@@ -140,7 +139,7 @@ class UniversalAttack(FixedEpsilonAttack):
                 raise ConfigError(f"{owner} needs {n} training images; the training split has only {len(x)}")
             self._train = (x, y)
         if self.transfer_models:
-            from advsuite.priors.gradients import load_references, surrogate_names
+            from advsuite.models.surrogates import load_references, surrogate_names
 
             why = f"{owner}: with the same recipe and seed it is the victim itself"
             surrogate_names(self.transfer_models, context.victim_arch, key="attack.transfer_models", why=why)

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from advsuite.models.classifier import Classifier
 from advsuite.seeding import make_generator
+from advsuite.validation import check_choice, check_int, check_number
 
-from ..checks import check_choice, check_int, check_number
 from .base import DEFAULT_EPS, UniversalAttack, linf_radius
 
 DISTRIBUTIONS = ("sign", "uniform")

@@ -64,8 +64,8 @@ from advsuite.configs import to_plain
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.seeding import make_generator
+from advsuite.validation import check_choice, check_int, check_number
 
-from ..checks import check_choice, check_int, check_number
 from .base import DEFAULT_EPS, UniversalAttack, linf_radius
 
 OBJECTIVES = ("activations", "divergence")

@@ -20,8 +20,8 @@ import torch
 
 from advsuite.attack import Access, AttackResult, FixedEpsilonAttack
 from advsuite.models.classifier import Classifier
+from advsuite.validation import check_choice, check_flags
 
-from ..checks import check_choice, check_flags
 from .pgd import LOSSES, NORMS, ascent_direction, check, objective
 
 

@@ -41,8 +41,7 @@ from advsuite.attack import Access, AttackResult, FixedEpsilonAttack
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.seeding import make_generator
-
-from ..checks import check_choice, check_flags, check_number
+from advsuite.validation import check_choice, check_flags, check_number
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")

@@ -1,4 +1,7 @@
-"""Input gradients of reference (surrogate) models: the training data of every learned prior.
+"""Surrogate models: choosing them (never the victim's architecture), loading them from the zoo with a
+cheap recipe, and their input gradients, the training data of every learned prior. The priors of the
+decision-based attacks, the transfer models of the universal attacks and the surrogates of the patch
+attacks all come from here.
 
 As in the authors' ``gradient_generate.py`` (QEBA / NonLinear-BA / PSBA): for an image x in [0, 1] the
 datum is ``d CE(model(x), argmax model(x)) / dx`` (loss summed over the batch, so each image gets its own

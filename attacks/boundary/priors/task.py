@@ -13,11 +13,11 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from advsuite.attacks.boundary.priors.base import probe_spread
+from advsuite.attacks.boundary.priors.store import load_prior
 from advsuite.data.bundle import DataBundle
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
-from advsuite.priors.base import probe_spread
-from advsuite.priors.store import load_prior
 
 #: a prior whose probes have an effective dimension below this, and below a tenth of the number of directions
 #: they touch at all, has collapsed onto a few of them (a GAN failure mode)

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
+from advsuite.attacks.boundary.priors.base import Prior, qeba_subspace_fraction
 from advsuite.errors import ConfigError
-from advsuite.priors.base import Prior, qeba_subspace_fraction
 
 #: inputs up to this many dimensions get the exact decomposition (MNIST: yes; CIFAR's 3072: randomized,
 #: ~50x faster on a CPU than a 3072 x 3072 eigen-decomposition)

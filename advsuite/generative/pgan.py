@@ -1,4 +1,4 @@
-"""PSBA's progressive-GAN probe prior: a generator with one output per spatial scale.
+"""A progressive GAN, after PSBA's probe prior: a generator with one output per spatial scale.
 
 Paper: J. Zhang*, L. Li*, H. Li, X. Zhang, S. Yang, B. Li, "Progressive-Scale Boundary Blackbox Attack via
 Projective Gradient Estimation", ICML 2021 (code: AI-secure/PSBA, ``src/models/pgan_generator.py``,
@@ -11,7 +11,7 @@ LeakyReLU(0.2) -> pixel-norm); a 1x1 toRGB per scale; tanh on the output. Sizes 
 ``b = ceil(side / 2^(n_scales - 1))`` in [4, 8) and the last scale is the input size: 7 -> 14 -> 28 for MNIST,
 4 -> 8 -> 16 -> 32 for CIFAR-10, 7 -> 14 -> ... -> 224 (6 scales, the authors' numbering) for ImageNet; for
 sides that do not divide (e.g. 29: 8 -> 16 -> 29) the last growth is by the remaining factor.
-:meth:`PGANPrior.sample_at` gives the output at any scale (no fade-in), :meth:`PGANPrior.sample` the full one.
+:meth:`ProgressiveGAN.sample_at` gives the output at any scale (no fade-in), :meth:`ProgressiveGAN.sample` the full one.
 
 Training (:func:`fit_pgan`): WGAN-GP (lambda 10, drift 0.001), Adam lr 2e-4 betas (0, 0.99) for both nets,
 stage by stage; from stage 2 on the new scale fades in (alpha 0 -> 1 linearly over the first half of the
@@ -54,7 +54,7 @@ from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
 
 from .autoencoder import as_gradient_tensor
-from .base import Prior
+from .base import GenerativeModel
 from .gan import gan_geometry
 
 
@@ -128,7 +128,7 @@ def _d_block(c_in: int, c_out: int, eq: bool) -> nn.Sequential:
     )
 
 
-class PGANPrior(Prior):
+class ProgressiveGAN(GenerativeModel):
     """PSBA's progressive GAN prior (``PSBA-PGAN``): probes G_s(z), z ~ N(0, I_latent_dim), at scale s.
 
     Args:
@@ -213,9 +213,9 @@ class PGANPrior(Prior):
 
 
 class PDiscriminator(nn.Module):
-    """The discriminator that grows with :class:`PGANPrior` (training only; not part of the prior's state)."""
+    """The discriminator that grows with :class:`ProgressiveGAN` (training only; not part of the prior's state)."""
 
-    def __init__(self, prior: PGANPrior) -> None:
+    def __init__(self, prior: ProgressiveGAN) -> None:
         super().__init__()
         c = prior.input_shape[0]
         d, eq, self.sizes = prior.depths, prior.equalized_lr, prior.scale_sizes
@@ -260,8 +260,8 @@ def fit_pgan(
     seed: int = 0,
     device: str | torch.device = "auto",
     verbose: bool = False,
-) -> PGANPrior:
-    """Train a :class:`PGANPrior` on input gradients, scale by scale, with WGAN-GP.
+) -> ProgressiveGAN:
+    """Train a :class:`ProgressiveGAN` on input gradients, scale by scale, with WGAN-GP.
 
     ``grads`` (N, C, H, W) are divided by their max |value| per sample and average-pooled to each scale.
     Stage s trains scales 1..s for ``epochs_per_scale`` epochs (may be fractional; at least one step), the new
@@ -277,7 +277,7 @@ def fit_pgan(
     n = x.shape[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        prior = PGANPrior(tuple(x.shape[1:]), latent_dim=latent_dim, depths=depths, equalized_lr=equalized_lr)
+        prior = ProgressiveGAN(tuple(x.shape[1:]), latent_dim=latent_dim, depths=depths, equalized_lr=equalized_lr)
         disc = PDiscriminator(prior)
     prior.to(dev).train()
     disc.to(dev).train()

@@ -31,12 +31,12 @@ from typing import Any
 import torch
 
 from advsuite.artifacts import Entry, content_key
+from advsuite.attacks.boundary.priors.base import Prior
 from advsuite.configs import to_plain
 from advsuite.data.bundle import DataBundle
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
-from advsuite.priors.base import Prior
-from advsuite.priors.gradients import SURROGATE_RECIPE, surrogate_names
+from advsuite.models.surrogates import SURROGATE_RECIPE, surrogate_names
 from advsuite.training import Recipe
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ WEIGHTS_FILE = "prior.safetensors"
 
 #: kind -> (module, prior class, fit function); imported lazily, so a kind's module loads only when used
 PRIOR_KINDS: dict[str, tuple[str, str, str]] = {
-    "pca": ("advsuite.priors.pca", "PCAPrior", "fit_pca"),
-    "ae": ("advsuite.priors.autoencoder", "AEPrior", "fit_autoencoder"),
-    "vae": ("advsuite.priors.autoencoder", "VAEPrior", "fit_autoencoder"),
-    "gan": ("advsuite.priors.gan", "GANPrior", "fit_gan"),
-    "pgan": ("advsuite.priors.pgan", "PGANPrior", "fit_pgan"),
+    "pca": ("advsuite.attacks.boundary.priors.pca", "PCAPrior", "fit_pca"),
+    "ae": ("advsuite.generative.autoencoder", "AutoEncoder", "fit_autoencoder"),
+    "vae": ("advsuite.generative.autoencoder", "VAE", "fit_autoencoder"),
+    "gan": ("advsuite.generative.gan", "GAN", "fit_gan"),
+    "pgan": ("advsuite.generative.pgan", "ProgressiveGAN", "fit_pgan"),
 }
 
 #: spec keys every kind takes, with their defaults
@@ -156,11 +156,11 @@ def _dataset_id(data: DataBundle) -> dict[str, Any]:
 def cache_key(resolved: Mapping[str, Any], data: DataBundle, seed: int) -> str:
     """Hash of the resolved spec, the references' full model specs (so editing ``conf/model/<name>.yaml``
     makes a new entry), the dataset and the seed."""
-    from advsuite.priors.gradients import reference_spec
+    from advsuite.models.surrogates import reference_spec
 
     spec = dict(resolved)
     if spec["kind"] == "pca" and spec.get("components") is None:  # the key names the k the default gives
-        from advsuite.priors.pca import default_components
+        from advsuite.attacks.boundary.priors.pca import default_components
 
         spec["components"] = default_components(tuple(data.input_shape))
     blob = {
@@ -244,7 +244,7 @@ def load_prior(
     The returned prior is in eval mode on ``device``; ``prior.info`` holds its metadata plus ``path`` and
     ``source`` (``cache`` or ``trained``).
     """
-    from advsuite.priors.gradients import gradient_data
+    from advsuite.models.surrogates import gradient_data
 
     resolved = resolve_spec(spec, victim_arch)
     kind = resolved["kind"]

@@ -1,4 +1,5 @@
-"""NonLinear-BA's GAN probe prior: a DCGAN-like generator trained (WGAN) on reference-model input gradients.
+"""A DCGAN-like generator trained as a WGAN, after NonLinear-BA's GAN probe prior (trained there on
+reference-model input gradients).
 
 Paper: H. Li, L. Li, X. Xu, X. Zhang, S. Yang, B. Li, "Nonlinear Projection Based Gradient Estimation for
 Query Efficient Blackbox Attacks", AISTATS 2021 (code: AI-secure/NonLinear-BA, ``src/models/gan_generator.py``).
@@ -14,7 +15,7 @@ map to one score.
 
 Training (:func:`fit_gan`): WGAN with weight clipping +-0.01 on the critic, RMSprop for critic and generator, one
 critic step per generator step (``D_ITERS = G_ITERS = 1``); real data = gradients normalised to unit L2 (as the
-authors' preprocessing). Probes (:meth:`GANPrior.sample`): z ~ N(0, I), G(z).
+authors' preprocessing). Probes (:meth:`GAN.sample`): z ~ N(0, I), G(z).
 
 Where the defaults differ from the authors' (CPU-sized: ~4,000 28x28 gradients in about a minute on 2 cores;
 the authors train at 224x224 on a GPU, 200 epochs):
@@ -52,7 +53,7 @@ from advsuite.device import resolve_device
 from advsuite.errors import ConfigError
 
 from .autoencoder import as_gradient_tensor, unit_l2
-from .base import Prior
+from .base import GenerativeModel
 
 
 def gan_geometry(height: int, width: int) -> tuple[int, int, int]:
@@ -63,7 +64,7 @@ def gan_geometry(height: int, width: int) -> tuple[int, int, int]:
     return n_up, math.ceil(height / 2**n_up), math.ceil(width / 2**n_up)
 
 
-class GANPrior(Prior):
+class GAN(GenerativeModel):
     """NonLinear-BA's GAN prior (``NLBA-GAN``): a DCGAN-like generator G(z), z ~ N(0, I_latent_dim).
 
     Args:
@@ -169,8 +170,8 @@ def fit_gan(
     seed: int = 0,
     device: str | torch.device = "auto",
     verbose: bool = False,
-) -> GANPrior:
-    """Train a :class:`GANPrior` on input gradients with WGAN (weight clipping), RMSprop(lr) for both nets.
+) -> GAN:
+    """Train a :class:`GAN` on input gradients with WGAN (weight clipping), RMSprop(lr) for both nets.
 
     ``grads`` (N, C, H, W) are normalised to unit L2 per sample. Each batch: one critic step on
     ``mean D(fake) - mean D(real)`` followed by clipping the critic's weights to +-``clip``, then one generator
@@ -183,7 +184,7 @@ def fit_gan(
     n = x.shape[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        prior = GANPrior(tuple(x.shape[1:]), latent_dim=latent_dim, widths=widths)
+        prior = GAN(tuple(x.shape[1:]), latent_dim=latent_dim, widths=widths)
         critic = Critic(prior.input_shape)
     prior.to(dev).train()
     critic.to(dev).train()

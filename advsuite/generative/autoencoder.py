@@ -1,4 +1,5 @@
-"""NonLinear-BA's AE and VAE probe priors: decoders trained on reference-model input gradients.
+"""An autoencoder and a VAE, after NonLinear-BA's AE and VAE: decoders that NonLinear-BA trains on reference-model
+input gradients (its probe priors) and the transfer patch attack on image crops.
 
 Paper: H. Li, L. Li, X. Xu, X. Zhang, S. Yang, B. Li, "Nonlinear Projection Based Gradient Estimation for
 Query Efficient Blackbox Attacks", AISTATS 2021 (code: AI-secure/NonLinear-BA, ``src/models/ae_generator.py``,
@@ -13,7 +14,7 @@ Architecture (U-Net-style blocks without skips, as the authors'):
 * decoder: ``n_down`` blocks of [bilinear up-sample x2 (``align_corners=True``) -> double_conv], a 1x1 conv to C,
   a bilinear resize to (H, W) when the size does not divide by 2^k (e.g. 30 -> 15 -> 7 -> 28 -> 30), and
   normalisation of the output to unit L2.
-* probes (:meth:`AEPrior.sample`): z ~ N(0, I) in the latent shape, normalised to the unit sphere, decoded.
+* probes (:meth:`AutoEncoder.sample`): z ~ N(0, I) in the latent shape, normalised to the unit sphere, decoded.
   As in the authors' design the training latents are outputs of a ReLU block (non-negative; for the VAE this also
   makes log sigma^2 >= 0) while sampling draws from the whole sphere; that is the default. ``latent_relu=False``
   drops that last ReLU (a linear latent): on a synthetic low-frequency set (4,000 x 1 x 28 x 28) the AE's probes
@@ -54,7 +55,7 @@ from tqdm.auto import tqdm
 from advsuite.device import resolve_device
 from advsuite.errors import ConfigError, InputError
 
-from .base import Prior
+from .base import GenerativeModel
 
 AUTHORS_D = 224 * 224 * 3
 AUTHORS_LAM = 1e-11
@@ -103,7 +104,7 @@ def _up(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True), _double_conv(c_in, c_out))
 
 
-class AEPrior(Prior):
+class AutoEncoder(GenerativeModel):
     """NonLinear-BA's autoencoder prior (``NLBA-AE``); the decoder is the probe generator.
 
     Args:
@@ -203,10 +204,10 @@ class AEPrior(Prior):
             self.train(was_training)
 
 
-class VAEPrior(AEPrior):
+class VAE(AutoEncoder):
     """NonLinear-BA's variational autoencoder prior (``NLBA-VAE``): mu and log sigma^2 heads.
 
-    Same arguments as :class:`AEPrior`. In training z = mu + sigma * eps (normalised); in :meth:`reconstruct`
+    Same arguments as :class:`AutoEncoder`. In training z = mu + sigma * eps (normalised); in :meth:`reconstruct`
     z = mu (normalised); probes are decoded from the unit sphere as for the AE.
     """
 
@@ -241,7 +242,7 @@ def default_kl_weight(input_shape: tuple[int, ...]) -> float:
     return AUTHORS_LAM * (AUTHORS_D / d) ** 2
 
 
-def _recon_metrics(prior: AEPrior, x: torch.Tensor) -> tuple[float, float]:
+def _recon_metrics(prior: AutoEncoder, x: torch.Tensor) -> tuple[float, float]:
     """(MSE of unit vectors, mean cosine) of ``prior``'s reconstructions of ``x`` (already unit-norm)."""
     rec = prior.reconstruct(x).cpu()
     return F.mse_loss(rec, x).item(), (rec * x).flatten(1).sum(dim=1).mean().item()
@@ -262,8 +263,8 @@ def fit_autoencoder(
     seed: int = 0,
     device: str | torch.device = "auto",
     verbose: bool = False,
-) -> AEPrior | VAEPrior:
-    """Train an :class:`AEPrior` (or :class:`VAEPrior` when ``variational``) on input gradients.
+) -> AutoEncoder | VAE:
+    """Train an :class:`AutoEncoder` (or :class:`VAE` when ``variational``) on input gradients.
 
     ``grads`` (N, C, H, W) are normalised to unit L2 per sample. Adam(lr), ``epochs`` passes over shuffled
     batches (a trailing batch of one sample is skipped: batch norm needs two); loss = MSE(unit reconstruction,
@@ -275,7 +276,7 @@ def fit_autoencoder(
     dev = resolve_device(device)
     x = unit_l2(as_gradient_tensor(grads))
     n = x.shape[0]
-    cls = VAEPrior if variational else AEPrior
+    cls = VAE if variational else AutoEncoder
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         prior = cls(
@@ -304,7 +305,7 @@ def fit_autoencoder(
             if idx.numel() < 2:
                 continue
             xb = x[idx].to(dev)
-            if isinstance(prior, VAEPrior):
+            if isinstance(prior, VAE):
                 rec, kl = prior.forward_train(xb, gen_dev)
                 loss = F.mse_loss(rec, xb) + lam * kl.mean()
             else:

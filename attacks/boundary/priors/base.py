@@ -1,18 +1,16 @@
-"""The interface every learned probe prior implements.
+"""Probe priors: what a decision-based attack draws its probes from, and how to measure them.
 
 A prior is a distribution over *directions in input space* learned from input gradients of reference
-(surrogate) models: QEBA-I's PCA basis, NonLinear-BA's AE/VAE/GAN decoders, PSBA's progressive GAN.
-Decision-based attacks draw their probes from it; the attack normalises each probe itself, so
-``sample`` may return any scale.
+(surrogate) models: QEBA-I's PCA basis (:mod:`.pca`), NonLinear-BA's AE/VAE/GAN decoders and PSBA's
+progressive GAN (:mod:`advsuite.generative`). The attack normalises each probe itself, so ``sample`` may
+return any scale.
 """
 
 from __future__ import annotations
 
-import abc
-from typing import Any
-
 import torch
-from torch import nn
+
+from advsuite.generative.base import GenerativeModel
 
 #: QEBA's subspaces are d/4 up to this input side and d/16 above (see :func:`qeba_subspace_fraction`)
 SMALL_INPUT_SIDE = 64
@@ -28,38 +26,9 @@ def qeba_subspace_fraction(input_shape: tuple[int, ...]) -> float:
     return 1 / 4 if min(int(s) for s in input_shape[-2:]) <= SMALL_INPUT_SIDE else 1 / 16
 
 
-class Prior(nn.Module, abc.ABC):
-    """A learned probe distribution over (C, H, W) inputs.
-
-    Subclasses are rebuilt from :meth:`config` (plain JSON-able dict of constructor arguments) plus
-    their ``state_dict``; that is how the prior cache stores them.
-    """
-
-    kind: str = "prior"
-
-    def __init__(self, input_shape: tuple[int, int, int]) -> None:
-        super().__init__()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        #: provenance once cached (meta.json plus ``path`` and ``source``); empty for a fresh fit
-        self.info: dict[str, Any] = {}
-
-    @property
-    def device(self) -> torch.device:
-        for t in [*self.parameters(), *self.buffers()]:
-            return t.device
-        return torch.device("cpu")
-
-    @abc.abstractmethod
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments (JSON-able) that rebuild this prior's architecture."""
-
-    @abc.abstractmethod
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` probe directions, shape (n, C, H, W), float32 on :attr:`device`.
-
-        All randomness comes from ``generator`` (a ``torch.Generator`` on :attr:`device`), so the
-        same generator state gives the same probes. Runs without autograd.
-        """
+#: a probe prior is any generative model over input-shaped directions (PCA here; AE/VAE/GAN/PGAN in
+#: :mod:`advsuite.generative`); the attack draws probes with ``sample`` and normalises each itself
+Prior = GenerativeModel
 
 
 def spectrum_spread(eigenvalues: torch.Tensor, energy: float = 0.999) -> dict[str, float]:
