@@ -7,7 +7,7 @@ from typing import Any
 from advsuite.defense import Defense
 from advsuite.defenses.bit_depth import BitDepthReduction
 from advsuite.errors import ConfigError
-from advsuite.models.custom import resolve_import_path
+from advsuite.models.custom import call_import_path
 
 
 def no_defense(name: str = "none") -> None:
@@ -17,11 +17,7 @@ def no_defense(name: str = "none") -> None:
 
 def custom(target: str = "", kwargs: dict[str, Any] | None = None, name: str = "custom") -> Defense:
     """``defense=custom defense.target=my_pkg.defenses:MyDefense``: a user's own Defense by import path."""
-    factory = resolve_import_path(target, group="defense")
-    try:
-        defense = factory(**dict(kwargs or {}))
-    except TypeError as exc:
-        raise ConfigError(f"defense.target={target!r} rejected defense.kwargs={dict(kwargs or {})}: {exc}") from exc
+    defense = call_import_path(target, "defense", kwargs)
     if not isinstance(defense, Defense):
         raise ConfigError(f"defense.target={target!r} built a {type(defense).__name__}, not an advsuite Defense")
     defense.name = name if name != "custom" else target

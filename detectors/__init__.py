@@ -12,7 +12,7 @@ from advsuite.detector import Detector
 from advsuite.detectors.feature_squeezing import FeatureSqueezing, MedianSmoothing
 from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
-from advsuite.models.custom import resolve_import_path
+from advsuite.models.custom import call_import_path
 
 
 def no_detector(model: Classifier | None = None, name: str = "none") -> None:
@@ -23,11 +23,7 @@ def no_detector(model: Classifier | None = None, name: str = "none") -> None:
 def custom(model: Classifier, target: str = "", kwargs: dict[str, Any] | None = None, name: str = "custom") -> Detector:
     """``detector=custom detector.target=my_pkg.detectors:MyDetector``: a user's own Detector by import path,
     called as ``MyDetector(model, **detector.kwargs)``."""
-    factory = resolve_import_path(target, group="detector")
-    try:
-        detector = factory(model, **dict(kwargs or {}))
-    except TypeError as exc:
-        raise ConfigError(f"detector.target={target!r} rejected detector.kwargs={dict(kwargs or {})}: {exc}") from exc
+    detector = call_import_path(target, "detector", kwargs, model)
     if not isinstance(detector, Detector):
         raise ConfigError(f"detector.target={target!r} built a {type(detector).__name__}, not an advsuite Detector")
     detector.name = name if name != "custom" else target

@@ -40,13 +40,19 @@ def resolve_import_path(target: str, group: str = "model") -> Callable[..., Any]
     return obj
 
 
+def call_import_path(target: str, group: str, kwargs: Mapping[str, Any] | None, *args: Any) -> Any:
+    """``factory(*args, **kwargs)`` for the factory or class at ``target``; a call its signature refuses is a
+    :class:`ConfigError` naming ``<group>.target`` and ``<group>.kwargs``."""
+    factory = resolve_import_path(target, group=group)
+    try:
+        return factory(*args, **dict(kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(f"{group}.target={target!r} rejected {group}.kwargs={dict(kwargs or {})}: {exc}") from exc
+
+
 def build_custom(target: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Call the factory or class at ``target`` with ``kwargs``; it must return an ``nn.Module``."""
-    factory = resolve_import_path(target)
-    try:
-        net = factory(**dict(kwargs or {}))
-    except TypeError as exc:
-        raise ConfigError(f"model.target={target!r} rejected model.kwargs={dict(kwargs or {})}: {exc}") from exc
+    net = call_import_path(target, "model", kwargs)
     if not isinstance(net, nn.Module):
         raise ModelError(f"model.target={target!r} returned {type(net).__name__}, not a torch.nn.Module")
     return net
