@@ -486,3 +486,18 @@ def test_html_page_has_one_sortable_table_per_block_with_only_its_attacks() -> N
     # sortable by plain JavaScript in the page (no CDN), headers stick while scrolling
     assert 'addEventListener("click"' in parsed.scripts and "aria-sort" in parsed.scripts
     assert "position: sticky" in page and "<script src" not in page and "http" not in parsed.scripts
+
+
+def test_a_record_is_read_through_one_typed_view_in_todays_words() -> None:
+    from advsuite.leaderboard import RunView, evaluate_records
+
+    old = rec("o", "a", "pgd", 0.4, weights_hash="0123456789abcdef", created="2024-05-01T12:00:00Z")
+    old["names"]["threat_model"] = old["names"].pop("norm")  # a record from before the rename
+    old["names"].pop("targeted", None)
+    old["config"] = {"attack": {"targeted": True}}
+    (run,) = evaluate_records([old], dataset="mnist5k", norm="linf")
+    assert isinstance(run, RunView) and "threat_model" in old["names"]  # the caller's dict is left alone
+    assert (run.norm, run.model, run.defense, run.attack, run.epsilon) == ("linf", "zoo:a@01234567", "none", "pgd", 0.3)
+    assert run.targeted and run.metric("robust_accuracy") == 0.4 and run.metric("no_such_metric") is None
+    assert run.versions == "advsuite 0.1.0 / torch 2.4.0" and run.order[0] > 0
+    assert list(evaluate_records([old], dataset="mnist5k", norm="l2")) == []

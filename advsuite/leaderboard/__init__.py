@@ -29,7 +29,7 @@ efficiency), ``columns`` (table columns and formatting), ``render`` (Markdown, C
 
 from advsuite.leaderboard.columns import columns, detail_columns, query_columns, ranking_columns
 from advsuite.leaderboard.queries import QueryRow, build_query_table, query_budgets, query_groups
-from advsuite.leaderboard.records import evaluate_records, metric_titles
+from advsuite.leaderboard.records import RunView, evaluate_records, metric_titles
 from advsuite.leaderboard.render import (
     NOTE,
     QUERY_NOTE,
@@ -44,6 +44,7 @@ from advsuite.leaderboard.rows import DetailRow, LeaderboardRow, attack_details,
 from advsuite.leaderboard.write import FORMATS, write_leaderboard, write_query_plots
 
 __all__ = [
+    "RunView",
     "FORMATS",
     "NOTE",
     "QUERY_NOTE",

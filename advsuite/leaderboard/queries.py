@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from advsuite.leaderboard.records import _Entry, _metric, _model_key, _targeted, evaluate_records
+from advsuite.leaderboard.records import RunView, evaluate_records
 from advsuite.results.record import finite_number
 
 
@@ -45,45 +45,30 @@ def build_query_table(
     dataset, model, defense, targeted, norm, then attack. Records without ``metrics.median_mse_at``
     (white-box and fixed-epsilon attacks, and runs recorded before these metrics existed) are skipped.
     """
-    latest: dict[tuple[str, str, str, bool, str, str], _Entry] = {}
-    for record in evaluate_records(records, dataset, norm):
-        names = record.get("names") or {}
-        metrics = record.get("metrics") or {}
-        if not isinstance(metrics.get("median_mse_at"), Mapping) or finite_number(metrics.get("robust_accuracy")):
+    latest: dict[tuple[str, str, str, bool, str, str], RunView] = {}
+    for run in evaluate_records(records, dataset, norm):
+        if run.metric_map("median_mse_at") is None or run.metric("robust_accuracy"):
             continue
-        key = (
-            str(names.get("dataset")),
-            _model_key(names),
-            str(names.get("defense") or "none"),
-            _targeted(record),
-            str(names.get("norm")),
-            str(names.get("attack")),
-        )
-        entry = _Entry(key[-1], None, record)
+        key = (run.dataset, run.model, run.defense, run.targeted, run.norm, run.attack)
         previous = latest.get(key)
-        if previous is None or entry.order >= previous.order:
-            latest[key] = entry
-    rows = [_query_row(key, entry) for key, entry in latest.items()]
+        if previous is None or run.order >= previous.order:
+            latest[key] = run
+    rows = [_query_row(key, run) for key, run in latest.items()]
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["defense"], r["targeted"], r["norm"], r["attack"]))
 
 
-def _query_row(key: tuple[str, str, str, bool, str, str], entry: _Entry) -> QueryRow:
+def _query_row(key: tuple[str, str, str, bool, str, str], run: RunView) -> QueryRow:
     dataset, model, defense, targeted, norm, attack = key
-    record = entry.record
-    metrics = record.get("metrics") or {}
 
     def per_budget(name: str) -> dict[str, float | None]:
-        values = metrics.get(name)
-        if not isinstance(values, Mapping):
-            return {}
-        return {str(b): finite_number(v) for b, v in values.items()}
+        return {str(b): finite_number(v) for b, v in (run.metric_map(name) or {}).items()}
 
-    artifacts = record.get("artifacts") or {}
+    artifacts = run.record.get("artifacts") or {}
     traces = None
-    if artifacts.get("traces") and record.get("run_dir"):
-        traces = str(Path(str(record["run_dir"])) / str(artifacts["traces"]))
-    n_attacked = _metric(record, "n_attacked")
-    flips = _metric(record, "flips")
+    if artifacts.get("traces") and run.record.get("run_dir"):
+        traces = str(Path(str(run.record["run_dir"])) / str(artifacts["traces"]))
+    n_attacked = run.metric("n_attacked")
+    flips = run.metric("flips")
     return QueryRow(
         dataset=dataset,
         model=model,
@@ -93,16 +78,16 @@ def _query_row(key: tuple[str, str, str, bool, str, str], entry: _Entry) -> Quer
         norm=norm,
         n_attacked=None if n_attacked is None else int(n_attacked),
         flips=None if flips is None else int(flips),
-        mse_threshold=_metric(record, "mse_threshold"),
-        l2_threshold=_metric(record, "l2_threshold"),
+        mse_threshold=run.metric("mse_threshold"),
+        l2_threshold=run.metric("l2_threshold"),
         median_mse_at=per_budget("median_mse_at"),
         geomean_mse_at=per_budget("geomean_mse_at"),
         median_l2_at=per_budget("median_l2_at"),
         n_found_at={b: None if v is None else int(v) for b, v in per_budget("n_found_at").items()},
         success_rate_at=per_budget("success_rate_at"),
         success_rate_l2_at=per_budget("success_rate_l2_at"),
-        date=entry.created[:10] or None,
-        run_id=str(record.get("run_id")),
+        date=run.created[:10] or None,
+        run_id=run.run_id,
         traces=traces,
     )
 

@@ -1,4 +1,5 @@
-"""What the leaderboard reads from a record, and the one filter every table applies."""
+"""What the leaderboard reads from a record (:class:`RunView`, a typed view), and the one filter every table
+applies (:func:`evaluate_records`)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,22 @@ def _declared_titles(target: Any) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
-class _Entry:
-    """One attack's result at one epsilon, taken from one record."""
+class RunView:
+    """A finished ``evaluate`` record as the tables read it: typed fields, absent values as ``None``.
 
-    attack: str
-    robust_accuracy: float | None
+    Built by :func:`evaluate_records` (records in today's words, see
+    :func:`advsuite.results.record.upgrade_record`); ``record`` keeps the whole record for what is rarer.
+    """
+
     record: Mapping[str, Any]
+
+    @property
+    def names(self) -> Mapping[str, Any]:
+        return self.record.get("names") or {}
+
+    @property
+    def run_id(self) -> str:
+        return str(self.record.get("run_id"))
 
     @property
     def created(self) -> str:
@@ -57,49 +68,85 @@ class _Entry:
             return (-math.inf, self.created)
         return (stamp.timestamp(), self.created)  # a naive time counts as local time
 
+    @property
+    def dataset(self) -> str:
+        return str(self.names.get("dataset"))
 
-def _targeted(record: Mapping[str, Any]) -> bool:
-    """Whether the run was targeted: ``names.targeted``, else the config's ``attack.targeted`` (default no)."""
-    value = (record.get("names") or {}).get("targeted")
-    if value is None:
-        value = ((record.get("config") or {}).get("attack") or {}).get("targeted")
-    return bool(value)
+    @property
+    def model(self) -> str:
+        """What identifies a model: its source (or name), plus its weights when they are hashed."""
+        model = str(self.names.get("model_source") or self.names.get("model"))
+        weights = self.names.get("weights_hash")
+        return f"{model}@{str(weights)[:8]}" if weights else model
+
+    @property
+    def defense(self) -> str:
+        return str(self.names.get("defense") or "none")
+
+    @property
+    def attack(self) -> str:
+        return str(self.names.get("attack"))
+
+    @property
+    def norm(self) -> str:
+        return str(self.names.get("norm"))
+
+    @property
+    def access(self) -> str | None:
+        access = self.names.get("access")
+        return None if access is None else str(access)
+
+    @property
+    def epsilon(self) -> float | None:
+        return finite_number(self.names.get("epsilon"))
+
+    @property
+    def targeted(self) -> bool:
+        """``names.targeted``, else the config's ``attack.targeted`` (default no)."""
+        value = self.names.get("targeted")
+        if value is None:
+            value = ((self.record.get("config") or {}).get("attack") or {}).get("targeted")
+        return bool(value)
+
+    @property
+    def versions(self) -> str:
+        versions = self.record.get("versions") or {}
+        return " / ".join(f"{name} {versions[name]}" for name in ("advsuite", "torch") if versions.get(name))
+
+    @property
+    def metric_titles(self) -> dict[str, str]:
+        return metric_titles(self.record)
+
+    def metric(self, key: str) -> float | None:
+        """A scalar metric (``None`` when absent or not a finite number)."""
+        return finite_number((self.record.get("metrics") or {}).get(key))
+
+    def metric_map(self, key: str) -> Mapping[str, Any] | None:
+        """A metric that maps keys (epsilons, budgets) to values, or ``None``."""
+        value = (self.record.get("metrics") or {}).get(key)
+        return value if isinstance(value, Mapping) else None
 
 
-def _model_key(names: Mapping[str, Any]) -> str:
-    """What identifies a model: its source (or name), plus its weights when they are hashed."""
-    model = str(names.get("model_source") or names.get("model"))
-    weights = names.get("weights_hash")
-    return f"{model}@{str(weights)[:8]}" if weights else model
+@dataclass(frozen=True)
+class _Entry:
+    """One attack's result at one epsilon, taken from one run."""
+
+    attack: str
+    robust_accuracy: float | None
+    run: RunView
 
 
-def _versions(record: Mapping[str, Any]) -> str:
-    versions = record.get("versions") or {}
-    parts = [f"{name} {versions[name]}" for name in ("advsuite", "torch") if versions.get(name)]
-    return " / ".join(parts)
-
-
-def _metric(record: Mapping[str, Any], key: str) -> float | None:
-    return finite_number((record.get("metrics") or {}).get(key))
-
-
-def _eps_key(eps: float) -> float:
+def eps_key(eps: float) -> float:
     # "0.1" from a by-eps dict and 0.1 from the config must meet in one row
     return round(eps, 9)
 
 
-def evaluate_records(
-    records: Iterable[Mapping[str, Any]], dataset: str | None, norm: str | None
-) -> Iterator[Mapping[str, Any]]:
-    """The records every table is built from: finished ``evaluate`` runs, of ``dataset`` and
-    ``norm`` when given."""
+def evaluate_records(records: Iterable[Mapping[str, Any]], dataset: str | None, norm: str | None) -> Iterator[RunView]:
+    """The runs every table is built from: finished ``evaluate`` records, of ``dataset`` and ``norm`` when given."""
     for record in records:
-        record = upgrade_record({**record, "names": dict(record.get("names") or {})})
-        names = record["names"]
-        if record.get("status") != "finished" or names.get("task", "evaluate") != "evaluate":
+        run = RunView(upgrade_record({**record, "names": dict(record.get("names") or {})}))
+        if record.get("status") != "finished" or run.names.get("task", "evaluate") != "evaluate":
             continue
-        if dataset is not None and names.get("dataset") != dataset:
+        if (dataset is not None and run.dataset != dataset) or (norm is not None and run.norm != norm):
             continue
-        if norm is not None and names.get("norm") != norm:
-            continue
-        yield record
+        yield run

@@ -6,15 +6,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
-from advsuite.leaderboard.records import (
-    _Entry,
-    _eps_key,
-    _metric,
-    _model_key,
-    _versions,
-    evaluate_records,
-    metric_titles,
-)
+from advsuite.leaderboard.records import RunView, _Entry, eps_key, evaluate_records
 from advsuite.results.record import finite_number
 
 
@@ -51,42 +43,32 @@ def build_leaderboard(
 ) -> list[LeaderboardRow]:
     """Group finished evaluate records into ranked rows; the filters keep matching rows only."""
     groups: dict[tuple[str, str, str, str, float | None], dict[str, _Entry]] = {}
-    for record in evaluate_records(records, dataset, norm):
-        names = record.get("names") or {}
-        for eps, entry in _entries(record):
+    for run in evaluate_records(records, dataset, norm):
+        for eps, entry in _entries(run):
             if epsilon is not None and (eps is None or not math.isclose(eps, epsilon, rel_tol=1e-6)):
                 continue
-            key = (
-                _model_key(names),
-                str(names.get("defense") or "none"),
-                str(names.get("dataset")),
-                str(names.get("norm")),
-                eps,
-            )
+            key = (run.model, run.defense, run.dataset, run.norm, eps)
             by_attack = groups.setdefault(key, {})
             previous = by_attack.get(entry.attack)
-            if previous is None or entry.order >= previous.order:
+            if previous is None or entry.run.order >= previous.run.order:
                 by_attack[entry.attack] = entry
     rows = [_make_row(key, entries) for key, entries in groups.items()]
     return _rank(rows)
 
 
-def _entries(record: Mapping[str, Any]) -> list[tuple[float | None, _Entry]]:
-    names = record.get("names") or {}
-    metrics = record.get("metrics") or {}
-    attack = str(names.get("attack"))
+def _entries(run: RunView) -> list[tuple[float | None, _Entry]]:
     at_eps: dict[float | None, float] = {}
-    for eps_text, acc in (metrics.get("robust_accuracy_by_eps") or {}).items():
+    for eps_text, acc in (run.metric_map("robust_accuracy_by_eps") or {}).items():
         eps, value = finite_number(eps_text), finite_number(acc)
         if eps is not None and value is not None:
-            at_eps[_eps_key(eps)] = value
-    eps = finite_number(names.get("epsilon"))
-    robust = finite_number(metrics.get("robust_accuracy"))
+            at_eps[eps_key(eps)] = value
+    eps = run.epsilon
+    robust = run.metric("robust_accuracy")
     if robust is not None:
-        at_eps[None if eps is None else _eps_key(eps)] = robust
+        at_eps[None if eps is None else eps_key(eps)] = robust
     if not at_eps:  # a minimisation attack: one entry, at its epsilon (usually none)
-        return [(None if eps is None else _eps_key(eps), _Entry(attack, None, record))]
-    return [(key, _Entry(attack, value, record)) for key, value in at_eps.items()]
+        return [(None if eps is None else eps_key(eps), _Entry(run.attack, None, run))]
+    return [(key, _Entry(run.attack, value, run)) for key, value in at_eps.items()]
 
 
 def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _Entry]) -> LeaderboardRow:
@@ -94,18 +76,18 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
     robust = {a: e.robust_accuracy for a, e in sorted(entries.items()) if e.robust_accuracy is not None}
     minimising = {a: e for a, e in sorted(entries.items()) if e.robust_accuracy is None}
     worst_attack = min(robust, key=lambda a: (robust[a], a)) if robust else None
-    latest = max(entries.values(), key=lambda e: e.order)
+    latest = max((e.run for e in entries.values()), key=lambda run: run.order)
     queries: dict[str, float] = {}
     for attack, entry in sorted(entries.items()):
-        median = _metric(entry.record, "median_queries")
-        if median is not None and (entry.record.get("names") or {}).get("access") in ("score", "label"):
+        median = entry.run.metric("median_queries")
+        if median is not None and entry.run.access in ("score", "label"):
             queries[attack] = median
-    declared = {a: metric_titles(e.record) for a, e in sorted(entries.items())}
+    declared = {a: e.run.metric_titles for a, e in sorted(entries.items())}
     titles: dict[str, str] = {}
     for own in declared.values():
         for metric, title in own.items():
             titles.setdefault(metric, title)
-    counts = [_metric(e.record, "n_examples") for e in entries.values()]
+    counts = [e.run.metric("n_examples") for e in entries.values()]
     known = [n for n in counts if n is not None]
     return LeaderboardRow(
         rank=None,
@@ -114,25 +96,23 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
         dataset=dataset,
         norm=norm,
         epsilon=eps,
-        clean_accuracy=_metric(latest.record, "clean_accuracy"),
+        clean_accuracy=latest.metric("clean_accuracy"),
         worst_case=robust[worst_attack] if worst_attack is not None else None,
         worst_attack=worst_attack,
         robust_accuracy=robust,
-        success_rate={a: _metric(e.record, "success_rate") for a, e in minimising.items()},
-        median_l2={a: _metric(e.record, "median_l2") for a, e in minimising.items()},
+        success_rate={a: e.run.metric("success_rate") for a, e in minimising.items()},
+        median_l2={a: e.run.metric("median_l2") for a, e in minimising.items()},
         queries=queries,
         extra={
-            m: {
-                a: v for a, e in sorted(entries.items()) if m in declared[a] and (v := _metric(e.record, m)) is not None
-            }
+            m: {a: v for a, e in sorted(entries.items()) if m in declared[a] and (v := e.run.metric(m)) is not None}
             for m in titles
         },
         extra_titles=titles,
         # the smallest sample behind any number in the row: the row is only as solid as that
         n_examples=int(min(known)) if known else None,
         date=latest.created[:10] or None,
-        versions="; ".join(sorted({_versions(e.record) for e in entries.values()} - {""})),
-        run_ids=sorted(str(e.record.get("run_id")) for e in entries.values()),
+        versions="; ".join(sorted({e.run.versions for e in entries.values()} - {""})),
+        run_ids=sorted(e.run.run_id for e in entries.values()),
     )
 
 
