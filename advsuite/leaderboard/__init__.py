@@ -44,7 +44,6 @@ from advsuite.leaderboard.rows import DetailRow, LeaderboardRow, attack_details,
 from advsuite.leaderboard.write import FORMATS, write_leaderboard, write_query_plots
 
 __all__ = [
-    "RunView",
     "FORMATS",
     "NOTE",
     "QUERY_NOTE",
@@ -52,6 +51,7 @@ __all__ = [
     "DetailRow",
     "LeaderboardRow",
     "QueryRow",
+    "RunView",
     "attack_details",
     "blocks",
     "build_leaderboard",
