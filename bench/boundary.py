@@ -90,11 +90,25 @@ METHODS: dict[str, list[str]] = {
     "psba_scale3": ["attack=psba", "attack.scale=3"],  # 16x16 on CIFAR-10 (auto picks 4x4), 28x28 on MNIST
     # priors from stronger references: 6 epochs on the whole training split instead of 3 on a 10k subset
     **{f"{m}_ref6": [f"attack={m}", *STRONG_REFERENCES] for m in ("qeba_i", "nlba_vae", "psba")},
+    # the subspace widened where an image's progress stalls (ProjectedHSJA.widen)
+    **{f"{m}_widen": [f"attack={m}", "attack.widen=stall"] for m in ("qeba_s", "qeba_f", "qeba_i", "nlba_vae", "psba")},
     "fb_hsja": ["attack=fb_hsja", "attack.per_image=true"],
     "fb_hsja_batched": ["attack=fb_hsja", "attack.per_image=false"],
     "fb_boundary": ["attack=fb_boundary"],
 }
-PRIOR_METHODS = ("qeba_i", "nlba_ae", "nlba_vae", "nlba_gan", "psba", "qeba_i_ref6", "nlba_vae_ref6", "psba_ref6")
+PRIOR_METHODS = (
+    "qeba_i",
+    "nlba_ae",
+    "nlba_vae",
+    "nlba_gan",
+    "psba",
+    "qeba_i_ref6",
+    "nlba_vae_ref6",
+    "psba_ref6",
+    "qeba_i_widen",
+    "nlba_vae_widen",
+    "psba_widen",
+)
 #: methods that must beat the HSJA baselines on CIFAR-10 targeted (§10 of the research notes)
 CHALLENGERS = ("qeba_s", "qeba_f", "qeba_i", "nlba_vae", "psba")
 #: also compared with the baselines, but not part of the target
@@ -108,6 +122,11 @@ OTHERS = (
     "qeba_i_ref6",
     "nlba_vae_ref6",
     "psba_ref6",
+    "qeba_s_widen",
+    "qeba_f_widen",
+    "qeba_i_widen",
+    "nlba_vae_widen",
+    "psba_widen",
 )
 
 

@@ -16,7 +16,15 @@ from advsuite.attack import AttackResult
 from advsuite.attacks.boundary import HSJA, NLBA, PSBA, QEBA_F, QEBA_I, QEBA_S
 from advsuite.attacks.boundary.dct import dct2, idct2
 from advsuite.attacks.boundary.priors.base import Prior
-from advsuite.attacks.boundary.probes import DCTProbes, ProgressiveProbes, ResizeProbes, auto_scale
+from advsuite.attacks.boundary.probes import (
+    DCTProbes,
+    ProgressiveProbes,
+    ResizeProbes,
+    ScaleSearch,
+    SpectrumProbes,
+    Widening,
+    auto_scale,
+)
 from advsuite.attacks.foolbox_ref import FoolboxHSJA
 from advsuite.errors import ConfigError, InputError
 from advsuite.models import Classifier
@@ -114,6 +122,53 @@ def test_psba_probes_point_towards_the_original_and_come_from_the_chosen_scale()
     assert bool(((probes.flatten(1) @ (x_t - x0).flatten()) <= 0).all())
     assert int(torch.linalg.matrix_rank(probes.flatten(1).double(), rtol=1e-4)) == 49  # a 7x7 output, up-sampled
     assert auto_scale([7, 14, 28], 224) == 3 and auto_scale([7, 14, 28], 28) == 1
+
+
+def _feed(rule: ScaleSearch | Widening, distances: dict[int, list[float]]) -> None:
+    """Report each image's distance after every iteration, as the loop does."""
+    for step in range(max(len(d) for d in distances.values())):
+        images = [i for i, d in distances.items() if step < len(d)]
+        rule.adapt(torch.tensor(images), torch.tensor([distances[i][step] for i in images]))
+
+
+def test_the_progressive_scale_search_climbs_while_the_rate_improves() -> None:
+    search = ScaleSearch(3, patience=2)
+    # image 0: 10%/iteration at scale 1, 20% at scale 2, 5% at scale 3 -> back to 2; image 1: worse at 2 -> 1
+    rates = {0: [0.1, 0.1, 0.2, 0.2, 0.05, 0.05, 0.3, 0.3], 1: [0.1, 0.1, 0.02, 0.02, 0.5, 0.5]}
+    distances = {}
+    for i, steps in rates.items():
+        d, out = 1.0, [1.0]
+        for r in steps:
+            d *= 1 - r
+            out.append(d)
+        distances[i] = out
+    _feed(search, distances)
+    assert search.scale(0) == 2 and search.scale(1) == 1 and search.scale(5) == 1  # an unseen image starts at 1
+    fixed = ScaleSearch(3, fixed=3)
+    _feed(fixed, distances)
+    assert fixed.scale(0) == fixed.scale(1) == 3
+
+
+def test_widening_mixes_in_full_space_probes_only_where_progress_stalls() -> None:
+    rule = Widening(ResizeProbes(4.0), patience=2, tolerance=0.05, step=0.5)
+    _feed(rule, {0: [1.0, 0.8, 0.6, 0.45], 1: [1.0, 0.99, 0.985, 0.98, 0.979, 0.978, 0.977]})
+    assert rule.share.get(0, 0.0) == 0.0 and rule.share[1] == 1.0  # stalled twice: all probes full-space
+    x = torch.rand(1, 1, 28, 28, generator=GEN)
+    rank = lambda u: int(torch.linalg.matrix_rank(u.flatten(1).double(), rtol=1e-6))  # noqa: E731
+    assert rank(rule.draw_for(0, 200, x, x, GEN)) == 49  # the 7x7 grid, up-sampled
+    assert rank(rule.draw_for(1, 200, x, x, GEN)) == 200  # full space
+    rule.share[2] = 0.5
+    assert rank(rule.draw_for(2, 200, x, x, GEN)) == 149  # 49 + 100
+
+
+def test_the_spectrum_scale_draws_from_the_top_principal_components() -> None:
+    prior = FakePGAN()
+    probes = SpectrumProbes(prior, k=20, scale=2, shape=(1, 28, 28), samples=300)
+    u = probes(100, torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28), GEN)
+    assert u.shape == (100, 1, 28, 28) and int(torch.linalg.matrix_rank(u.flatten(1).double(), rtol=1e-5)) == 20
+    torch.testing.assert_close(probes.basis @ probes.basis.T, torch.eye(20), atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="samples"):
+        SpectrumProbes(prior, k=400, scale=2, shape=(1, 28, 28), samples=300)
 
 
 # ----------------------------------------------------------------- counting, budgets, verified points

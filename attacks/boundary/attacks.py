@@ -36,12 +36,15 @@ from advsuite.validation import check_choice, check_flags, check_int, check_numb
 from .loop import CONSTANT_SETS, PROBE_SCHEDULES, LoopSettings, hsja_loop
 from .probes import (
     DCTProbes,
+    FullSpace,
     GaussianProbes,
     PriorProbes,
     ProbeGenerator,
     ProgressiveProbes,
     ResizeProbes,
+    SpectrumProbes,
     UniformProbes,
+    Widening,
     auto_factor,
     auto_scale,
 )
@@ -149,33 +152,68 @@ class HSJA(Attack):
         )
 
 
+WIDEN_RULES = ("none", "stall")
+
+
 @dataclass
-class QEBA_S(HSJA):
+class ProjectedHSJA(HSJA):
+    """The HSJA loop with probes from a subspace or a learned prior, widened where progress stalls.
+
+    ``widen: stall`` (:class:`.probes.Widening`): after every iteration an image whose distance fell by
+    less than ``widen_tolerance`` over the last ``widen_patience`` iterations draws ``widen_step`` more of
+    its probes from the full space. The papers keep the subspace fixed (``widen: none``).
+    """
+
+    constants: str = "qeba"
+    widen: str = "none"
+    widen_patience: int = 4
+    widen_tolerance: float = 0.02
+    widen_step: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        check_choice(owner, "widen", self.widen, WIDEN_RULES)
+        check_int(owner, "widen_patience", self.widen_patience, 1)
+        check_number(owner, "widen_tolerance", self.widen_tolerance, low=0.0, strict=False)
+        check_number(owner, "widen_step", self.widen_step)
+
+    def probes(self, oracle: LabelOracle) -> ProbeGenerator:
+        inner = self.projected_probes(oracle)
+        if self.widen == "none":
+            return inner
+        return Widening(inner, self.widen_patience, self.widen_tolerance, min(1.0, self.widen_step))
+
+    def projected_probes(self, oracle: LabelOracle) -> FullSpace:
+        """The subspace or prior probes; subclasses say which."""
+        raise NotImplementedError
+
+
+@dataclass
+class QEBA_S(ProjectedHSJA):
     """QEBA-S: probes are N(0, 1) noise on a (H/factor, W/factor) grid, bilinearly up-sampled.
 
     ``factor="auto"`` follows the authors' code: 4 at 224 px (d/16 dimensions), 2 at CIFAR's 32 px (d/4);
     we use 2 up to 64 px and 4 above (:func:`.probes.auto_factor`).
     """
 
-    constants: str = "qeba"
     factor: float | str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_factor(type(self).__name__, self.factor)
 
-    def probes(self, oracle: LabelOracle) -> ProbeGenerator:
+    def projected_probes(self, oracle: LabelOracle) -> FullSpace:
         return ResizeProbes(resolve_factor(self.factor, oracle.input_shape))
 
 
 @dataclass
-class QEBA_F(HSJA):
+class QEBA_F(ProjectedHSJA):
     """QEBA-F: Gaussian coefficients in the low-frequency (H/factor, W/factor) DCT block, inverse DCT.
 
     ``factor="auto"`` as QEBA-S: 2 up to 64 px (the authors' ``DCT768`` on CIFAR-10), 4 above (``DCT9408``).
     """
 
-    constants: str = "qeba"
     factor: float | str = "auto"
     orthogonalize: bool = False
 
@@ -184,7 +222,7 @@ class QEBA_F(HSJA):
         check_factor(type(self).__name__, self.factor)
         check_flags(type(self).__name__, self, "orthogonalize")
 
-    def probes(self, oracle: LabelOracle) -> ProbeGenerator:
+    def projected_probes(self, oracle: LabelOracle) -> FullSpace:
         return DCTProbes(resolve_factor(self.factor, oracle.input_shape), self.orthogonalize)
 
 
@@ -199,14 +237,13 @@ def resolve_factor(factor: float | str, input_shape: tuple[int, ...]) -> float:
 
 
 @dataclass
-class PriorAttack(HSJA):
+class PriorAttack(ProjectedHSJA):
     """An HSJA-loop attack whose probes come from a learned prior (a spec dict or a loaded :class:`Prior`).
 
     A spec is loaded (trained on demand and cached) by :meth:`prepare`, which ``task=evaluate`` calls; from
     Python call ``attack.prepare(PrepareContext(...))`` or pass ``prior=`` a loaded prior.
     """
 
-    constants: str = "qeba"
     prior: Any = None
     #: prior kinds this attack accepts
     kinds: ClassVar[tuple[str, ...]] = ()
@@ -252,7 +289,7 @@ class PriorAttack(HSJA):
             )
         return self.prior.to(oracle.device).eval()
 
-    def probes(self, oracle: LabelOracle) -> ProbeGenerator:
+    def projected_probes(self, oracle: LabelOracle) -> FullSpace:
         return PriorProbes(self.loaded_prior(oracle))
 
 
@@ -277,26 +314,35 @@ class NLBA(PriorAttack):
 class PSBA(PriorAttack):
     """PSBA-PGAN: probes from a progressive GAN at one output ``scale``, up-sampled to the input size.
 
-    ``scale`` is 1-based (1 = the generator's smallest output) or ``auto`` (see
-    :func:`.probes.auto_scale`: the scale nearest input side / 8, the best scale in the authors' released
-    logs). ``dct_factor`` > 1 uses a frequency scale instead (keep the low (H/k, W/k) DCT block);
-    ``orient`` flips probes towards the original image as the authors' code does.
+    ``scale``: ``progressive`` (default) searches each image's scale from the smallest up on the attack's
+    own queries, the paper's self-adaptive search (:class:`.probes.ScaleSearch`, whose docstring states the
+    rule); an integer fixes it (1-based, 1 = the generator's smallest output); ``auto`` takes the scale
+    nearest input side / 8, the best scale in the authors' released logs (:func:`.probes.auto_scale`).
+    ``dct_factor`` > 1 uses a frequency scale instead (keep the low (H/k, W/k) DCT block); ``spectrum`` k > 0
+    the spectrum scale (Gaussian combinations of the top k principal components of the generator's outputs at
+    the fixed scale, or at full resolution with ``progressive``; :class:`.probes.SpectrumProbes`). ``orient``
+    flips probes towards the original image as the authors' code does (not for the spectrum scale, as theirs).
     """
 
     kinds: ClassVar[tuple[str, ...]] = ("pgan",)
-    scale: int | str = "auto"
+    scale: int | str = "progressive"
     dct_factor: float = 1.0
+    spectrum: int = 0
     orient: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
-        if self.scale != "auto":
+        if self.scale not in ("auto", "progressive"):
             check_int(owner, "scale", self.scale, 1)
         check_number(owner, "dct_factor", self.dct_factor, low=1.0, strict=False)
+        check_int(owner, "spectrum", self.spectrum, 0)
         check_flags(owner, self, "orient")
 
-    def chosen_scale(self, prior: Prior) -> int:
+    def chosen_scale(self, prior: Prior) -> int | None:
+        """The fixed scale, or None for the progressive search."""
+        if self.scale == "progressive":
+            return None
         # a scale is (height, width); its side is the larger
         sizes = [max(s) if isinstance(s, tuple | list) else int(s) for s in getattr(prior, "scale_sizes", [])]
         if self.scale == "auto":
@@ -305,6 +351,10 @@ class PSBA(PriorAttack):
             raise ConfigError(f"PSBA: scale must be between 1 and {len(sizes)} for this prior, got {self.scale}")
         return int(self.scale)
 
-    def probes(self, oracle: LabelOracle) -> ProbeGenerator:
+    def projected_probes(self, oracle: LabelOracle) -> FullSpace:
         prior = self.loaded_prior(oracle)
-        return ProgressiveProbes(prior, self.chosen_scale(prior), self.dct_factor, self.orient)
+        scale = self.chosen_scale(prior)
+        if self.spectrum:
+            full = len(getattr(prior, "scale_sizes", [])) or 1
+            return SpectrumProbes(prior, self.spectrum, scale or full, oracle.input_shape)
+        return ProgressiveProbes(prior, scale, self.dct_factor, self.orient)

@@ -239,7 +239,7 @@ def estimate_direction(
         )
         images = idx[start:stop]
         codes = [
-            probes.draw(counts[k], x_t[i : i + 1], x0[i : i + 1], run.gens[i])
+            probes.draw_for(i, counts[k], x_t[i : i + 1], x0[i : i + 1], run.gens[i])
             for k, i in enumerate(images.tolist(), start)
         ]
         u = probes.decode(torch.cat(codes), shape)
@@ -332,6 +332,7 @@ def hsja_loop(
         run.iterations[idx.cpu()] += 1
         run.record(moved, run.x_t[moved])
         run.mark(idx[~accepted])
+        probes.adapt(idx, distance(run.x_t[idx], run.x0[idx], settings.norm))
         if on_iteration is not None:
             on_iteration()
     return run

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,24 @@ from advsuite.errors import ConfigError
 from .dct import dct_matrix, low_pass
 
 
+@runtime_checkable
+class MultiScale(Protocol):
+    """A prior with an output per scale (:class:`advsuite.generative.pgan.ProgressiveGAN`)."""
+
+    scale_sizes: list[tuple[int, int]]
+    device: torch.device
+
+    def sample_at(self, n: int, generator: torch.Generator, scale: int) -> torch.Tensor: ...
+
+
 class ProbeGenerator(Protocol):
-    def draw(self, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+    def draw_for(
+        self, image: int, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor: ...
 
     def decode(self, z: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor: ...
+
+    def adapt(self, images: torch.Tensor, dist: torch.Tensor) -> None: ...
 
 
 class FullSpace(abc.ABC):
@@ -38,6 +52,15 @@ class FullSpace(abc.ABC):
 
     def decode(self, z: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         return z
+
+    def draw_for(
+        self, image: int, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """:meth:`draw` for image number ``image`` of the batch (a schedule may treat images differently)."""
+        return self.draw(n, x_t, x0, generator)
+
+    def adapt(self, images: torch.Tensor, dist: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """Told each iterated image's distance after an iteration; fixed generators ignore it."""
 
     def __call__(self, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Draw and decode for one image (convenient in tests and notebooks)."""
@@ -143,24 +166,40 @@ class PriorProbes(FullSpace):
 class ProgressiveProbes(FullSpace):
     """PSBA: a progressive GAN's output at one scale, up-sampled to the input size.
 
+    ``scale`` None searches the scale per image (:class:`ScaleSearch`); an integer fixes it.
     ``dct_factor`` > 1 keeps only the low-frequency (H/k, W/k) DCT block of the up-sampled output (the
     paper's frequency scale). ``orient`` flips each probe so that it points towards the original image
     (cosine with x_t - x0 <= 0), as in the authors' released code (on by default there; it biases the
     estimator, which the authors found helps GAN probes).
     """
 
-    def __init__(self, prior: Prior, scale: int, dct_factor: float = 1.0, orient: bool = True) -> None:
-        if not hasattr(prior, "sample_at"):
+    def __init__(
+        self,
+        prior: Prior,
+        scale: int | None,
+        dct_factor: float = 1.0,
+        orient: bool = True,
+        search: ScaleSearch | None = None,
+    ) -> None:
+        if not isinstance(prior, MultiScale):
             raise ConfigError(f"PSBA needs a progressive prior (kind pgan), got {prior.kind!r}")
         self.prior = prior
-        self.scale = int(scale)
+        self.search = search or ScaleSearch(len(prior.scale_sizes), fixed=scale)
         self.dct_factor = float(dct_factor)
         self.orient = bool(orient)
 
     def draw(self, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.draw_for(-1, n, x_t, x0, generator)
+
+    def adapt(self, images: torch.Tensor, dist: torch.Tensor) -> None:
+        self.search.adapt(images, dist)
+
+    def draw_for(
+        self, image: int, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         h, w = x_t.shape[2:]
         with torch.no_grad():
-            out = self.prior.sample_at(n, generator, self.scale).to(x_t.device, torch.float32)
+            out = self.prior.sample_at(n, generator, self.search.scale(image)).to(x_t.device, torch.float32)
         if out.shape[-2:] != (h, w):
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         if self.dct_factor > 1:
@@ -172,6 +211,82 @@ class ProgressiveProbes(FullSpace):
         return out
 
 
+class SpectrumProbes(FullSpace):
+    """PSBA's spectrum scale: Gaussian combinations of the top ``k`` principal components of the progressive
+    GAN's outputs (the authors' ``--topk``, e.g. ``PGAN224p400``: PCA of 40,000 samples).
+
+    The components come from ``samples`` outputs at ``scale`` (up-sampled to the input size), drawn with a
+    fixed seed before the attack, so they cost no queries. A randomized SVD keeps this cheap at 224 px.
+    """
+
+    def __init__(self, prior: Prior, k: int, scale: int, shape: tuple[int, ...], samples: int = 4000) -> None:
+        if not isinstance(prior, MultiScale):
+            raise ConfigError(f"PSBA needs a progressive prior (kind pgan), got {prior.kind!r}")
+        if k > samples:
+            raise ConfigError(f"PSBA: spectrum={k} components need at least as many samples, got {samples}")
+        generator = torch.Generator(prior.device).manual_seed(0)
+        with torch.no_grad():
+            out = prior.sample_at(samples, generator, scale).float()
+            out = F.interpolate(out, size=tuple(shape[-2:]), mode="bilinear", align_corners=False).flatten(1)
+            out = out - out.mean(dim=0, keepdim=True)
+            _, singular, v = torch.svd_lowrank(out.cpu(), q=min(k + 10, *out.shape), niter=4)
+        self.basis = v[:, :k].T.contiguous()  # (k, d), rows unit-norm and orthogonal
+        self.singular = singular[:k]
+
+    def draw(self, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        basis = self.basis.to(x_t.device)
+        coefficients = torch.randn((n, len(basis)), generator=generator, device=x_t.device)
+        return (coefficients @ basis).view(n, *x_t.shape[1:])
+
+
+class ScaleSearch:
+    """PSBA's progressive scale search, per image, on the attack's own queries (all counted).
+
+    The paper searches the scale "progressively ... in a self-adaptive way"; the released code takes it as
+    an argument. Our rule: every image starts at scale 1; after ``patience`` iterations at a scale its
+    progress rate (mean relative distance decrease per iteration) is compared with the previous scale's;
+    while the rate improves the image moves one scale up, and the first scale that does worse sends it back
+    to the one before, where it stays (the last scale, if every step improved). Rates fall as an attack
+    converges, so the comparison leans towards the lower scale: a scale must win despite coming later.
+    ``fixed`` pins every image to one scale instead.
+    """
+
+    def __init__(self, n_scales: int, fixed: int | None = None, patience: int = 3) -> None:
+        self.n_scales, self.fixed, self.patience = int(n_scales), fixed, int(patience)
+        self._scale: dict[int, int] = {}
+        self._settled: set[int] = set()
+        self._history: dict[int, list[float]] = {}
+        self._rate: dict[int, dict[int, float]] = {}
+
+    def scale(self, image: int) -> int:
+        return self.fixed if self.fixed is not None else self._scale.get(image, 1)
+
+    def adapt(self, images: torch.Tensor, dist: torch.Tensor) -> None:
+        if self.fixed is not None:
+            return
+        for i, d in zip(images.tolist(), dist.tolist(), strict=True):
+            if i in self._settled:
+                continue
+            history = self._history.setdefault(i, [])
+            history.append(d)
+            if len(history) <= self.patience:
+                continue
+            s, rates = self.scale(i), self._rate.setdefault(i, {})
+            rates[s] = 1 - (history[-1] / max(history[0], 1e-30)) ** (1 / self.patience)
+            if s > 1 and rates[s] <= rates[s - 1]:
+                self._scale[i] = s - 1
+                self._settled.add(i)
+            elif s == self.n_scales:
+                self._settled.add(i)
+            else:
+                self._scale[i] = s + 1
+            history[:] = [d]
+
+    def chosen(self) -> dict[int, int]:
+        """The scale each image settled on (or is trying)."""
+        return dict(self._scale)
+
+
 def auto_scale(sizes: list[int], input_side: int) -> int:
     """PSBA's scale when ``scale: auto``: the generator scale whose side is closest to input_side / 8.
 
@@ -181,3 +296,43 @@ def auto_scale(sizes: list[int], input_side: int) -> int:
     """
     goal = input_side / 8
     return 1 + min(range(len(sizes)), key=lambda i: (abs(math.log(sizes[i] / goal)), i))
+
+
+class Widening(FullSpace):
+    """A projected generator that widens to the full space where an image's progress stalls.
+
+    A projection attack's steps live in its subspace (or its prior's range); the part of the start-to-image
+    difference outside it shrinks only through the binary searches, so the distance levels off (measured
+    in docs/benchmarks.md). The rule: after every iteration compare each image's distance with its
+    distance ``patience`` iterations before; when it fell by less than ``tolerance`` (relative), ``step``
+    more of that image's probes come from the full space (Gaussian, as HSJA's), up to all of them. Images
+    that keep descending keep their subspace.
+    """
+
+    def __init__(self, inner: FullSpace, patience: int = 4, tolerance: float = 0.02, step: float = 0.25) -> None:
+        self.inner, self.full = inner, GaussianProbes()
+        self.patience, self.tolerance, self.step = int(patience), float(tolerance), float(step)
+        self.share: dict[int, float] = {}
+        self._history: dict[int, list[float]] = {}
+
+    def draw(self, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.draw_for(-1, n, x_t, x0, generator)
+
+    def draw_for(
+        self, image: int, n: int, x_t: torch.Tensor, x0: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        c, h, w = x_t.shape[1:]
+        k = min(n, round(self.share.get(image, 0.0) * n))  # full-space probes of this image
+        parts = [self.inner.decode(self.inner.draw_for(image, n - k, x_t, x0, generator), (c, h, w))] if k < n else []
+        if k:
+            parts.append(self.full.draw(k, x_t, x0, generator))
+        return torch.cat(parts)
+
+    def adapt(self, images: torch.Tensor, dist: torch.Tensor) -> None:
+        self.inner.adapt(images, dist)
+        for i, d in zip(images.tolist(), dist.tolist(), strict=True):
+            history = self._history.setdefault(i, [])
+            history.append(d)
+            if len(history) > self.patience and d > (1 - self.tolerance) * history[-1 - self.patience]:
+                self.share[i] = min(1.0, self.share.get(i, 0.0) + self.step)
+                history[:] = [d]  # judge the wider mix on its own iterations

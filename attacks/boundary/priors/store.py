@@ -70,7 +70,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "ae": {"latent_channels": None, "epochs": 8, "lr": 1e-3, "batch_size": 64},
     "vae": {"latent_channels": None, "epochs": 8, "lr": 1e-3, "batch_size": 64, "kl_weight": None},
     "gan": {"latent_dim": None, "epochs": 25, "lr": 2e-4, "batch_size": 64},
-    "pgan": {"latent_dim": None, "epochs_per_scale": 1.0, "lr": 2e-4, "batch_size": 64},
+    "pgan": {"latent_dim": None, "epochs_per_scale": 8.0, "lr": 1e-3, "batch_size": 16},
 }
 
 
