@@ -19,19 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from advsuite.configs import plugin_overrides
 from advsuite.errors import AdvsuiteError
 from advsuite.paths import HOME_ENV, advsuite_home
 
-#: config groups whose options advsuite validates itself (``advsuite.tasks.options``)
-PLUGIN_GROUPS = ("attack", "defense", "detector", "task", "train")
-_PLAIN_OPTION = re.compile(rf"^(?:{'|'.join(PLUGIN_GROUPS)})\.[A-Za-z_][\w.]*=")
 #: one line per failed job of a sweep (the others still run); the process then exits with status 1
 _failures: list[str] = []
-
-
-def plugin_overrides(args: list[str]) -> list[str]:
-    """``attack.key=value`` becomes ``++attack.key=value``; everything else is left as typed."""
-    return [f"++{a}" if _PLAIN_OPTION.match(a) else a for a in args]
 
 
 def _full_errors() -> bool:

@@ -53,6 +53,7 @@ from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
 from advsuite.attack import PrepareContext
+from advsuite.configs import plugin_overrides
 from advsuite.data import as_tensors
 from advsuite.device import describe_machine, resolve_device
 from advsuite.models.zoo import load_model
@@ -71,27 +72,31 @@ DATASETS: dict[str, tuple[str, str, list[str], tuple[float, float]]] = {
 }
 #: prior overrides for the ``*_ref6`` variants: references trained 6 epochs on the whole training split
 STRONG_REFERENCES = ["attack.prior.reference_recipe.epochs=6", "attack.prior.reference_recipe.train_subset=null"]
+#: the papers' fixed subspace (the projection attacks' default widens it where progress stalls)
+FIXED = "attack.widen=none"
 #: method -> attack config overrides
 METHODS: dict[str, list[str]] = {
     "hsja": ["attack=hsja"],
     "hsja_qeba": ["attack=hsja", "attack.constants=qeba"],
-    "qeba_s": ["attack=qeba_s"],  # factor auto: 2 on MNIST and CIFAR-10 (d/4), as the authors' CIFAR code
-    "qeba_f": ["attack=qeba_f"],
+    "qeba_s": ["attack=qeba_s", FIXED],  # factor auto: 2 on MNIST and CIFAR-10 (d/4), as the authors' CIFAR code
+    "qeba_f": ["attack=qeba_f", FIXED],
     # factor 4 (d/16): the authors' size for 224-px inputs, for comparison
-    "qeba_s_f4": ["attack=qeba_s", "attack.factor=4"],
-    "qeba_f_f4": ["attack=qeba_f", "attack.factor=4"],
+    "qeba_s_f4": ["attack=qeba_s", "attack.factor=4", FIXED],
+    "qeba_f_f4": ["attack=qeba_f", "attack.factor=4", FIXED],
     # 30 probes per iteration, as the authors' CIFAR scripts (more iterations for the same budget)
-    "qeba_f_p30": ["attack=qeba_f", "attack.num_probes=30"],
-    "qeba_i": ["attack=qeba_i"],
-    "nlba_ae": ["attack=nlba_ae"],
-    "nlba_vae": ["attack=nlba_vae"],
-    "nlba_gan": ["attack=nlba_gan"],
-    "psba": ["attack=psba"],
-    "psba_scale3": ["attack=psba", "attack.scale=3"],  # 16x16 on CIFAR-10 (auto picks 4x4), 28x28 on MNIST
+    "qeba_f_p30": ["attack=qeba_f", "attack.num_probes=30", FIXED],
+    "qeba_i": ["attack=qeba_i", FIXED],
+    "nlba_ae": ["attack=nlba_ae", FIXED],
+    "nlba_vae": ["attack=nlba_vae", FIXED],
+    "nlba_gan": ["attack=nlba_gan", FIXED],
+    "psba": ["attack=psba", FIXED],  # the progressive scale search
+    "psba_auto": ["attack=psba", "attack.scale=auto", FIXED],  # the scale nearest side / 8 (4x4 on CIFAR-10)
+    "psba_scale3": ["attack=psba", "attack.scale=3", FIXED],  # 16x16 on CIFAR-10, 28x28 on MNIST
+    "psba_spectrum": ["attack=psba", "attack.spectrum=192", FIXED],  # top d/16 components of full-scale outputs
     # priors from stronger references: 6 epochs on the whole training split instead of 3 on a 10k subset
-    **{f"{m}_ref6": [f"attack={m}", *STRONG_REFERENCES] for m in ("qeba_i", "nlba_vae", "psba")},
-    # the subspace widened where an image's progress stalls (ProjectedHSJA.widen)
-    **{f"{m}_widen": [f"attack={m}", "attack.widen=stall"] for m in ("qeba_s", "qeba_f", "qeba_i", "nlba_vae", "psba")},
+    **{f"{m}_ref6": [f"attack={m}", *STRONG_REFERENCES, FIXED] for m in ("qeba_i", "nlba_vae", "psba")},
+    # the configs' default: the subspace widened where an image's progress stalls (ProjectedHSJA.widen)
+    **{f"{m}_widen": [f"attack={m}"] for m in ("qeba_s", "qeba_f", "qeba_i", "nlba_vae", "psba")},
     "fb_hsja": ["attack=fb_hsja", "attack.per_image=true"],
     "fb_hsja_batched": ["attack=fb_hsja", "attack.per_image=false"],
     "fb_boundary": ["attack=fb_boundary"],
@@ -105,6 +110,8 @@ PRIOR_METHODS = (
     "qeba_i_ref6",
     "nlba_vae_ref6",
     "psba_ref6",
+    "psba_auto",
+    "psba_spectrum",
     "qeba_i_widen",
     "nlba_vae_widen",
     "psba_widen",
@@ -119,6 +126,8 @@ OTHERS = (
     "nlba_ae",
     "nlba_gan",
     "psba_scale3",
+    "psba_auto",
+    "psba_spectrum",
     "qeba_i_ref6",
     "nlba_vae_ref6",
     "psba_ref6",
@@ -136,10 +145,8 @@ OTHERS = (
 def config(dataset: str, args: argparse.Namespace, *extra: str) -> Any:
     """advsuite's root config for ``dataset`` and its victim, with the defaults, ``--override`` and ``extra``."""
     data_cfg, model_cfg, _, _ = DATASETS[dataset]
-    return compose(
-        "config",
-        [f"dataset={data_cfg}", f"model={model_cfg}", f"seed={args.seed}", *victim_overrides(dataset, args), *extra],
-    )
+    overrides = [f"dataset={data_cfg}", f"model={model_cfg}", f"seed={args.seed}", *victim_overrides(dataset, args)]
+    return compose("config", plugin_overrides([*overrides, *extra]))
 
 
 def victim_overrides(dataset: str, args: argparse.Namespace) -> list[str]:

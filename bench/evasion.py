@@ -62,6 +62,7 @@ from omegaconf import OmegaConf
 
 from advsuite.attack import PrepareContext
 from advsuite.attacks.patch import patch_side
+from advsuite.configs import plugin_overrides
 from advsuite.data import as_tensors
 from advsuite.device import describe_machine, resolve_device
 from advsuite.evaluation import evaluate
@@ -125,7 +126,7 @@ TRANSFER_RUNS = ("patch/latent", "patch/pixel")
 
 def config(args: argparse.Namespace, *extra: str) -> Any:
     """advsuite's root config for the CIFAR-10 victim, with ``extra`` overrides."""
-    return compose("config", [*VICTIM, f"seed={args.seed}", f"verbose={args.progress}", *extra])
+    return compose("config", plugin_overrides([*VICTIM, f"seed={args.seed}", f"verbose={args.progress}", *extra]))
 
 
 def user_overrides(key: str, args: argparse.Namespace) -> list[str]:

@@ -78,6 +78,10 @@ DELIBERATE: dict[str, dict[str, object]] = {
         for name in ("hsja", "qeba", "qeba_s", "qeba_f")
     },
     **{name: {"budget": 2000, "prior": "group"} for name in ("qeba_i", "nlba_ae", "nlba_vae", "nlba_gan", "psba")},
+    # the papers' fixed subspace, for reproduction
+    "qeba_s_fixed": {"budget": 2000, "widen": "none"},
+    "qeba_f_fixed": {"budget": 2000, "widen": "none"},
+    "qeba_i_fixed": {"budget": 2000, "prior": "group", "widen": "none"},
 }
 
 
