@@ -68,6 +68,34 @@ def test_int8_model_is_really_int8_and_agrees_with_its_qat_copy(
     assert grad.abs().sum() > 0
 
 
+def test_post_training_int8_is_calibrated_without_training(
+    tiny_model: Classifier, train: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    ptq = quantize_int8(tiny_model, *train, scheme="ptq")
+    assert ptq.info["adaptation"] == "int8_ptq" and "prepare_fx" in ptq.info["scheme"]
+    assert {w.dtype for w in int8_weights(ptq.deployed)} == {torch.qint8}
+    x, y = test_set
+    real, qat = ptq.deployed.predict(x), ptq.attack_model.predict(x)
+    assert (qat == real).float().mean() >= 0.95  # the calibrated fake-quant graph mirrors it
+    clean = float((tiny_model.predict(x) == y).float().mean())
+    assert float((real == y).float().mean()) >= clean - 0.03
+    with pytest.raises(ConfigError, match="scheme"):
+        quantize_int8(tiny_model, *train, scheme="dynamic")
+
+
+def test_structured_pruning_removes_whole_channels_but_not_the_classes(
+    tiny_model: Classifier, train: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    edge = prune_magnitude(tiny_model, *train, sparsity=0.5, structured=True, finetune_steps=5)
+    assert edge.info["adaptation"] == "prune_structured"
+    convs = [m for m in edge.deployed.net.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:  # half of each conv's filters are zero, whole
+        zero = conv.weight.flatten(1).abs().sum(1) == 0
+        assert int(zero.sum()) == conv.out_channels // 2
+    last = [m for m in edge.deployed.net.modules() if isinstance(m, nn.Linear)][-1]
+    assert bool((last.weight.abs().sum(1) > 0).all())  # every class keeps its unit
+
+
 def test_prune_reaches_the_sparsity_permanently(
     tiny_model: Classifier, train: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
@@ -135,6 +163,7 @@ def test_evasive_metrics_count_only_images_both_models_get_right() -> None:
     assert m["evasive_success"] == pytest.approx(2 / 4)
     assert m["evasive_success_top5"] == pytest.approx(1 / 4)
     assert m["adapted_clean_accuracy"] == pytest.approx(5 / 6)
+    assert m["clean_disagreement"] == pytest.approx(2 / 6)  # images 4 and 5: one model right, the other not
     out = edge_outcomes(original, adapted, x_adv, y)
     assert out["evasive_success"].tolist() == [True, True, False, False, True, True]
     # an image left unattacked never counts, even if both models are right on it

@@ -13,9 +13,18 @@ surrogate their semi-black-box attacker distils from it.
   ``torch.ao.quantization`` is deprecated in favour of torchao's pt2e flow, which is not installed
   here; we silence that one warning). Eager-mode quantisation would need hand-placed quant stubs in
   every architecture and ``quantize_dynamic`` only covers linear layers, so neither is used.
+- ``int8_ptq``: post-training quantisation, torch's own flow: ``prepare_fx`` with the engine's default
+  (post-training) qconfig, calibration on training images, ``convert_fx``; no weight changes. The
+  attack's gradient model is the QAT fake-quant graph calibrated on the same images with no training
+  (torch's QAT observers, moving-average min/max, where ``prepare_fx`` uses a histogram observer for
+  activations), so it mirrors the deployed model closely but not exactly; ``qat_int8_agreement`` in the
+  run's metrics says how closely.
 - ``prune``: global L1 unstructured magnitude pruning of every conv and linear weight to ``sparsity``
   (``torch.nn.utils.prune``), brief fine-tuning under the mask, then the mask is made permanent. The
   pruned model is both the gradient model and the evaluated one.
+- ``prune_structured``: whole output channels (conv filters, linear units) removed by their L1 norm,
+  ``sparsity`` of each layer's channels (``prune.ln_structured``), the classifier layer excepted (its
+  units are the classes); fine-tuned and made permanent as above.
 
 Where we differ from the authors (TensorFlow Model Optimization + TFLite on ARM): they ran QAT for
 10 epochs and pruned gradually (per-layer polynomial schedule to 80% over 7 epochs, RMSprop at 2e-5);
@@ -46,7 +55,7 @@ from advsuite.errors import ConfigError
 from advsuite.models.classifier import Classifier
 from advsuite.seeding import make_generator
 
-ADAPTATIONS = ("int8", "prune")
+ADAPTATIONS = ("int8", "int8_ptq", "prune", "prune_structured")
 BACKENDS = ("qnnpack", "x86", "fbgemm", "onednn")
 #: module types whose weights magnitude pruning removes
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -192,15 +201,20 @@ def quantize_int8(
     y: torch.Tensor,
     *,
     backend: str = "qnnpack",
+    scheme: str = "qat",
     finetune_steps: int = 100,
     lr: float = 1e-4,
     batch_size: int = 64,
     seed: int = 0,
     verbose: bool = False,
 ) -> EdgeModels:
-    """QAT fake-quant copy (calibrated on ``x``, fine-tuned on ``(x, y)``) and the real int8 model from it."""
+    """QAT fake-quant copy (calibrated on ``x``, fine-tuned on ``(x, y)``) and the real int8 model from it;
+    ``scheme="ptq"``: the int8 model by post-training quantisation, the fake-quant copy calibrated only."""
     from torch.ao.quantization import disable_observer, get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
+
+    if scheme not in ("qat", "ptq"):
+        raise ConfigError(f"int8 quantisation: scheme must be qat or ptq, got {scheme!r}")
 
     start = time.perf_counter()
     device = victim.device
@@ -221,31 +235,49 @@ def quantize_int8(
     with torch.no_grad():
         for batch in torch.arange(len(x)).split(256):
             qat(x[batch].to(device))
-    train_steps(
-        qat,
-        x,
-        y,
-        _ce,
-        steps=finetune_steps,
-        lr=lr,
-        batch_size=batch_size,
-        gen=make_generator(seed),
-        desc="QAT fine-tune",
-        verbose=verbose,
-    )
+    if scheme == "qat":
+        train_steps(
+            qat,
+            x,
+            y,
+            _ce,
+            steps=finetune_steps,
+            lr=lr,
+            batch_size=batch_size,
+            gen=make_generator(seed),
+            desc="QAT fine-tune",
+            verbose=verbose,
+        )
     qat.apply(disable_observer)  # scales are final: the fake-quant copy now mirrors the int8 model
     qat.eval().requires_grad_(False)
     with _quiet_ao(), quantized_engine(backend):
-        int8_net = convert_fx(copy.deepcopy(qat_net).cpu().eval())
+        int8_net = convert_fx(copy.deepcopy(qat_net).cpu().eval()) if scheme == "qat" else _ptq(victim, x, backend)
     deployed = wrap_like(victim, _EngineNet(int8_net, backend), f"{victim.name}-int8", torch.device("cpu")).eval()
+    how = "QAT (prepare_qat_fx)" if scheme == "qat" else "post-training quantisation (prepare_fx, calibration)"
     info = {
-        "adaptation": "int8",
+        "adaptation": "int8" if scheme == "qat" else "int8_ptq",
         "engine": backend,
-        "scheme": "torch.ao FX QAT (prepare_qat_fx) + convert_fx",
+        "scheme": f"torch.ao FX {how} + convert_fx",
         "weight_dtypes": sorted({str(t.dtype) for t in int8_weights(deployed)}),
         "seconds": time.perf_counter() - start,
     }
     return EdgeModels(attack_model=qat, deployed=deployed, info=info)
+
+
+def _ptq(victim: Classifier, x: torch.Tensor, backend: str) -> nn.Module:
+    """The victim's network quantised after training: default post-training qconfig, calibrated on ``x``."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    net = copy.deepcopy(victim.net).cpu().eval()
+    prepared = prepare_fx(net, get_default_qconfig_mapping(backend), (torch.zeros(2, *victim.input_shape),))
+    z = x.cpu()  # the network sees normalised inputs, as inside the Classifier
+    if victim.normalized:
+        z = (z - victim.mean.cpu()) / victim.std.cpu()
+    with torch.no_grad():
+        for batch in z.split(256):
+            prepared(batch)
+    return convert_fx(prepared)
 
 
 def int8_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -267,19 +299,28 @@ def prune_magnitude(
     y: torch.Tensor,
     *,
     sparsity: float = 0.8,
+    structured: bool = False,
     finetune_steps: int = 100,
     lr: float = 1e-4,
     batch_size: int = 64,
     seed: int = 0,
     verbose: bool = False,
 ) -> EdgeModels:
-    """Global L1 unstructured pruning of the conv/linear weights, fine-tuned under the mask, made permanent."""
+    """Global L1 unstructured pruning of the conv/linear weights (``structured``: each layer's output
+    channels by L1 norm, the last layer excepted), fine-tuned under the mask, made permanent."""
     start = time.perf_counter()
     net = copy.deepcopy(victim.net)
     targets = [(m, "weight") for m in net.modules() if isinstance(m, PRUNABLE)]
     if not targets:
         raise ConfigError(f"{victim.name!r} has no conv or linear layers to prune")
-    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(sparsity))
+    if structured:
+        if len(targets) < 2:
+            raise ConfigError(f"{victim.name!r} has no layer before its classifier to prune channels from")
+        targets = targets[:-1]  # the classifier's units are the classes
+        for module, name in targets:
+            prune.ln_structured(module, name, amount=float(sparsity), n=1, dim=0)
+    else:
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(sparsity))
     pruned = wrap_like(victim, net, f"{victim.name}-pruned").eval()
     train_steps(
         pruned,
@@ -297,7 +338,7 @@ def prune_magnitude(
         prune.remove(module, name)  # weight = weight_orig * mask, for good
     pruned.eval().requires_grad_(False)
     info = {
-        "adaptation": "prune",
+        "adaptation": "prune_structured" if structured else "prune",
         "sparsity": measured_sparsity(net),
         "seconds": time.perf_counter() - start,
     }

@@ -234,10 +234,12 @@ class DIVA(FixedEpsilonAttack):
             "verbose": self.verbose,
         }
         with model.evaluating():
-            if self.adaptation == "int8":
-                edge = quantize_int8(model, x, y, backend=self.backend, **common)
+            if self.adaptation in ("int8", "int8_ptq"):
+                scheme = "qat" if self.adaptation == "int8" else "ptq"
+                edge = quantize_int8(model, x, y, backend=self.backend, scheme=scheme, **common)
             else:
-                edge = prune_magnitude(model, x, y, sparsity=self.sparsity, **common)
+                structured = self.adaptation == "prune_structured"
+                edge = prune_magnitude(model, x, y, sparsity=self.sparsity, structured=structured, **common)
             edge.info["n_train_images"] = len(x)
             edge.info["victim_train_accuracy"] = accuracy(model, x, y)
             edge.info["adapted_train_accuracy"] = accuracy(edge.deployed, x, y)
@@ -343,7 +345,8 @@ class DIVA(FixedEpsilonAttack):
         edge = self.edge_models(model)
         y, attacked = y.cpu(), attacked.cpu()
         clean_deployed = logits_of(edge.deployed, x, batch_size).argmax(1)
-        mask = attacked & (logits_of(model, x, batch_size).argmax(1) == y) & (clean_deployed == y)
+        clean_original = logits_of(model, x, batch_size).argmax(1)
+        mask = attacked & (clean_original == y) & (clean_deployed == y)
         if edge.surrogate is not None:
             mask &= logits_of(edge.surrogate, x, batch_size).argmax(1) == y
         out = edge_outcomes(model, edge.deployed, x_adv[mask], y[mask], batch_size)
@@ -352,10 +355,12 @@ class DIVA(FixedEpsilonAttack):
             "n_both_correct": float(n_both),
             **{key: (float(v.float().mean()) if n_both else None) for key, v in out.items()},
             "adapted_clean_accuracy": float((clean_deployed == y).float().mean()) if len(y) else None,
+            # how different the edge copy is: clean images on which it and the original disagree
+            "clean_disagreement": float((clean_deployed != clean_original).float().mean()) if len(y) else None,
             "adapted_sparsity": edge.info.get("sparsity"),
             "qat_int8_agreement": None,
         }
-        if self.adaptation == "int8" and n_both:
+        if self.adaptation in ("int8", "int8_ptq") and n_both:
             qat = logits_of(edge.attack_model, x_adv[mask], batch_size).argmax(1)
             deployed = logits_of(edge.deployed, x_adv[mask], batch_size).argmax(1)
             metrics["qat_int8_agreement"] = float((qat == deployed).float().mean())
