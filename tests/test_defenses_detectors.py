@@ -173,6 +173,11 @@ def test_every_detector_config_builds_with_the_model_and_custom_ones_load_by_imp
     with pytest.raises(ConfigError, match="not an advsuite Detector"):
         build_run_detector(cfg, "custom")(tiny_model)
     cfg = config("feature_squeezing")
+    cfg.detector.bitz = 1
+    with pytest.raises(ConfigError, match="detector feature_squeezing has no option 'bitz'") as typo:
+        build_run_detector(cfg, "feature_squeezing")
+    assert "model" not in str(typo.value).split("valid options:")[-1]  # the pipeline passes the model itself
+    cfg = config("feature_squeezing")
     cfg.detector.fit_images = 0
     with pytest.raises(ConfigError, match="fit_images"):
         build_run_detector(cfg, "feature_squeezing")(tiny_model)

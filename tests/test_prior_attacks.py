@@ -44,11 +44,11 @@ def priors(tiny_model: Classifier, mnist: DataBundle) -> dict[str, tuple[Prior, 
     common: dict[str, Any] = {"seed": 0, "device": "cpu", "batch_size": 32}
     trained: dict[str, Prior] = {
         "pca": fit_pca(grads, 32, seed=0),
-        "ae": fit_autoencoder(grads, epochs=10, **common),
-        "vae": fit_autoencoder(grads, variational=True, epochs=10, **common),
-        "gan": fit_gan(grads, epochs=40, lr=2e-4, **common),  # conf/prior/gan.yaml's learning rate
-        # conf/prior/pgan.yaml's learning rate and batch, 320 steps per scale
-        "pgan": fit_pgan(grads, epochs_per_scale=20, depths=[16, 16, 16], **{**common, "batch_size": 16}),
+        "ae": fit_autoencoder(grads, epochs=5, **common),
+        "vae": fit_autoencoder(grads, variational=True, epochs=5, **common),
+        "gan": fit_gan(grads, epochs=20, lr=2e-4, **common),  # conf/prior/gan.yaml's learning rate
+        # conf/prior/pgan.yaml's learning rate and batch, 320 steps per scale, grown to 14x14 (the scale used)
+        "pgan": fit_pgan(grads, epochs_per_scale=20, depths=[16, 16, 16], scales=2, **{**common, "batch_size": 16}),
     }
 
     def untrained(prior: Prior) -> Prior:
