@@ -94,6 +94,7 @@ METHODS: dict[str, list[str]] = {
     "psba_scale3": ["attack=psba", "attack.scale=3", FIXED],  # 16x16 on CIFAR-10, 28x28 on MNIST
     "psba_spectrum": ["attack=psba", "attack.spectrum=192", FIXED],  # top d/16 components of full-scale outputs
     "psba_spectrum_widen": ["attack=psba", "attack.spectrum=192"],
+    "nlba_vae_spectrum": ["attack=nlba_vae", "attack.spectrum=192"],  # our extension: PCA of the decoder's outputs
     # priors from stronger references: 6 epochs on the whole training split instead of 3 on a 10k subset
     **{f"{m}_ref6": [f"attack={m}", *STRONG_REFERENCES, FIXED] for m in ("qeba_i", "nlba_vae", "psba")},
     # the configs' default: the subspace widened where an image's progress stalls (ProjectedHSJA.widen)
@@ -114,6 +115,7 @@ PRIOR_METHODS = (
     "psba_auto",
     "psba_spectrum",
     "psba_spectrum_widen",
+    "nlba_vae_spectrum",
     "qeba_i_widen",
     "nlba_vae_widen",
     "psba_widen",
@@ -131,6 +133,7 @@ OTHERS = (
     "psba_auto",
     "psba_spectrum",
     "psba_spectrum_widen",
+    "nlba_vae_spectrum",
     "qeba_i_ref6",
     "nlba_vae_ref6",
     "psba_ref6",

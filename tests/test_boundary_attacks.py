@@ -169,6 +169,26 @@ def test_the_spectrum_scale_draws_from_the_top_principal_components() -> None:
     torch.testing.assert_close(probes.basis @ probes.basis.T, torch.eye(20), atol=1e-4, rtol=0)
     with pytest.raises(ConfigError, match="samples"):
         SpectrumProbes(prior, k=400, scale=2, shape=(1, 28, 28), samples=300)
+    # any prior: NonLinear-BA's decoders get the same decorrelation from their full-resolution samples
+    oracle = LabelOracle(Classifier(nn.Flatten(), num_classes=784, input_shape=(1, 28, 28)), 1, 10)
+    nlba = NLBA(prior=FakeNLBAPrior(), spectrum=12, verbose=False)
+    probes = nlba.projected_probes(oracle)
+    assert isinstance(probes, SpectrumProbes) and probes.basis.shape == (12, 784)
+    with pytest.raises(ConfigError, match="spectrum"):
+        NLBA(prior=FakeNLBAPrior(), spectrum=-1)
+
+
+class FakeNLBAPrior(Prior):
+    kind = "vae"
+
+    def __init__(self) -> None:
+        super().__init__((1, 28, 28))
+
+    def config(self):
+        return {}
+
+    def sample(self, n, generator):
+        return torch.randn(n, 1, 28, 28, generator=generator)
 
 
 # ----------------------------------------------------------------- counting, budgets, verified points

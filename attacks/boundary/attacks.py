@@ -247,6 +247,8 @@ class PriorAttack(ProjectedHSJA):
     """
 
     prior: Any = None
+    #: k > 0: probes are Gaussian combinations of the top k principal components of the prior's samples
+    spectrum: int = 0
     #: prior kinds this attack accepts
     kinds: ClassVar[tuple[str, ...]] = ()
 
@@ -262,6 +264,7 @@ class PriorAttack(ProjectedHSJA):
         else:
             raise ConfigError(f"{owner}: prior must be a prior spec (a mapping with `kind`) or a loaded Prior")
         check_choice(owner, "prior kind", kind, self.kinds)
+        check_int(owner, "spectrum", self.spectrum, 0)
 
     def prepare(self, context: PrepareContext) -> None:
         if isinstance(self.prior, Prior):
@@ -292,7 +295,10 @@ class PriorAttack(ProjectedHSJA):
         return self.prior.to(oracle.device).eval()
 
     def projected_probes(self, oracle: LabelOracle) -> FullSpace:
-        return PriorProbes(self.loaded_prior(oracle))
+        prior = self.loaded_prior(oracle)
+        if self.spectrum:
+            return SpectrumProbes(prior, self.spectrum, None, oracle.input_shape)
+        return PriorProbes(prior)
 
 
 @dataclass
@@ -329,7 +335,6 @@ class PSBA(PriorAttack):
     kinds: ClassVar[tuple[str, ...]] = ("pgan",)
     scale: int | str = "progressive"
     dct_factor: float = 1.0
-    spectrum: int = 0
     orient: bool = True
 
     def __post_init__(self) -> None:
@@ -338,7 +343,6 @@ class PSBA(PriorAttack):
         if self.scale not in ("auto", "progressive"):
             check_int(owner, "scale", self.scale, 1)
         check_number(owner, "dct_factor", self.dct_factor, low=1.0, strict=False)
-        check_int(owner, "spectrum", self.spectrum, 0)
         check_flags(owner, self, "orient")
 
     def chosen_scale(self, prior: Prior) -> int | None:

@@ -213,20 +213,23 @@ class ProgressiveProbes(FullSpace):
 
 class SpectrumProbes(FullSpace):
     """PSBA's spectrum scale: Gaussian combinations of the top ``k`` principal components of the progressive
-    GAN's outputs (the authors' ``--topk``, e.g. ``PGAN224p400``: PCA of 40,000 samples).
+    GAN's outputs (the authors' ``--topk``, e.g. ``PGAN224p400``: PCA of 40,000 samples). Any prior works:
+    for NonLinear-BA's decoders (``scale`` None) it decorrelates their outputs the same way (our extension).
 
-    The components come from ``samples`` outputs at ``scale`` (up-sampled to the input size), drawn with a
-    fixed seed before the attack, so they cost no queries. A randomized SVD keeps this cheap at 224 px.
+    The components come from ``samples`` outputs at ``scale`` (None: the prior's ``sample``), up-sampled to
+    the input size, drawn with a fixed seed before the attack, so they cost no queries. A randomized SVD
+    keeps this cheap at 224 px.
     """
 
-    def __init__(self, prior: Prior, k: int, scale: int, shape: tuple[int, ...], samples: int = 4000) -> None:
-        if not isinstance(prior, MultiScale):
-            raise ConfigError(f"PSBA needs a progressive prior (kind pgan), got {prior.kind!r}")
+    def __init__(self, prior: Prior, k: int, scale: int | None, shape: tuple[int, ...], samples: int = 4000) -> None:
+        if scale is not None and not isinstance(prior, MultiScale):
+            raise ConfigError(f"a spectrum scale {scale} needs a progressive prior (kind pgan), got {prior.kind!r}")
         if k > samples:
-            raise ConfigError(f"PSBA: spectrum={k} components need at least as many samples, got {samples}")
+            raise ConfigError(f"spectrum={k} components need at least as many samples, got {samples}")
         generator = torch.Generator(prior.device).manual_seed(0)
         with torch.no_grad():
-            out = prior.sample_at(samples, generator, scale).float()
+            drawn = prior.sample(samples, generator) if scale is None else prior.sample_at(samples, generator, scale)
+            out = drawn.float()
             out = F.interpolate(out, size=tuple(shape[-2:]), mode="bilinear", align_corners=False).flatten(1)
             out = out - out.mean(dim=0, keepdim=True)
             _, singular, v = torch.svd_lowrank(out.cpu(), q=min(k + 10, *out.shape), niter=4)
