@@ -32,7 +32,7 @@ Where the defaults differ from the authors' (CPU-sized; the authors train 224x22
   ~240k, batch 16 and lr 1e-3 instead of 2e-4: WGAN-GP needs a few hundred steps per scale before the
   generator follows the data (measured: on a 7x7 two-mode toy set lr 2e-4 had learned nothing after 310
   steps, lr 1e-3 had), and a small batch buys more steps per CPU second. On a synthetic 2,000 x 3 x 32 x 32
-  two-pattern set, 2,000 steps per scale (380 s here) bring the probes' mean |cos| with the nearest pattern
+  two-pattern set, 2,000 steps per scale bring the probes' mean |cos| with the nearest pattern
   to 0.66 / 0.81 / 0.81 / 0.84 at 4 / 8 / 16 / 32 px (0.16-0.22 with the former 31 steps at lr 2e-4). Pass
   ``lr=2e-4`` for the authors' value.
 

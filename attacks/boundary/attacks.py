@@ -19,6 +19,7 @@ their "HSJA" baseline; ``HSJA(constants="qeba")`` reproduces that baseline.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -186,9 +187,9 @@ class ProjectedHSJA(HSJA):
             return inner
         return Widening(inner, self.widen_patience, self.widen_tolerance, min(1.0, self.widen_step))
 
+    @abc.abstractmethod
     def projected_probes(self, oracle: LabelOracle) -> FullSpace:
         """The subspace or prior probes; subclasses say which."""
-        raise NotImplementedError
 
 
 @dataclass
