@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 #: config groups whose options advsuite validates itself (``advsuite.tasks.options``)
-PLUGIN_GROUPS = ("attack", "defense", "detector", "task", "train")
+PLUGIN_GROUPS = ("attack", "defense", "detector", "task", "train", "face_attack")
 _PLAIN_OPTION = re.compile(rf"^(?:{'|'.join(PLUGIN_GROUPS)})\.[A-Za-z_][\w.]*=")
 
 

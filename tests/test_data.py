@@ -223,6 +223,18 @@ def test_npz_layouts_and_float_input(tmp_path: Path) -> None:
     assert npz_dataset(train="c.npz", test="c.npz", root=str(tmp_path)).input_shape == (3, 8, 8)
 
 
+def test_npz_image_size_resizes_every_split(tmp_path: Path) -> None:
+    x_train, y_train = small_arrays(6)
+    write_npz(tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_test=x_train[:2], y_test=y_train[:2])
+    bundle = npz_dataset(path="d.npz", root=str(tmp_path), shuffle_seed=None, image_size=16)
+    x, _ = as_tensors(bundle.test)
+    assert bundle.input_shape == (3, 16, 16) and x.shape == (2, 3, 16, 16)
+    # the mean colour survives the resize
+    assert abs(float(x[0].mean()) - float(x_train[0].mean()) / 255) < 0.01
+    with pytest.raises(ConfigError, match="image_size"):
+        npz_dataset(path="d.npz", root=str(tmp_path), image_size=0)
+
+
 def test_npz_shuffle_is_seeded_per_split(tmp_path: Path) -> None:
     x, _ = small_arrays(30)
     write_npz(tmp_path / "tr.npz", x=x, y=np.arange(30))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from advsuite.data.bundle import DataBundle
@@ -42,6 +43,21 @@ class ImageArrayDataset(Dataset[tuple[torch.Tensor, int]]):
     def slice_tensors(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``start:stop`` as (float32 NCHW in [0, 1], int64) tensors that the caller may modify."""
         return _unit(self.x[start:stop]), self.y[start:stop].clone()
+
+
+def resize_images(x: torch.Tensor, size: int | None, chunk: int = 2048) -> torch.Tensor:
+    """``x`` (N, C, H, W) resized to ``size`` x ``size`` (bilinear, antialiased), same dtype; None: unchanged."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"dataset.image_size must be a positive whole number of pixels, got {size!r}")
+    out = torch.empty((len(x), x.shape[1], size, size), dtype=x.dtype)
+    for i in range(0, len(x), chunk):
+        part = _unit(x[i : i + chunk])
+        part = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        part = part.clamp_(0, 1)
+        out[i : i + chunk] = part.mul_(255).round_().to(torch.uint8) if x.dtype == torch.uint8 else part
+    return out
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +182,7 @@ def npz_dataset(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
+    image_size: int | None = None,
 ) -> DataBundle:
     """Images and labels from ``.npz`` files.
 
@@ -174,7 +191,8 @@ def npz_dataset(
     :func:`advsuite.data.root.data_root`). ``x`` is uint8 (0..255) or float in [0, 1], NHWC, NCHW or
     NHW (``layout``); ``y`` holds integer class indices. An optional ``class_names`` array is used when
     the argument is not given. ``num_classes`` defaults to the largest label + 1; ``mean``/``std``
-    default to the train split's per-channel statistics.
+    default to the train split's per-channel statistics. ``image_size`` resizes every image to that square
+    side (bilinear with antialiasing, then back to the stored dtype), e.g. CIFAR-10 at 64 px.
 
     ``shuffle_seed`` (default 0) applies a fixed permutation to each split, because evaluation takes
     the *first* n test images and many exported datasets are sorted by class. ``None`` keeps file order.
@@ -201,7 +219,7 @@ def npz_dataset(
 
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for split, (x_raw, y_raw) in raw.items():
-        x = images_to_nchw(x_raw, layout, what=f"{name} {split} x")
+        x = resize_images(images_to_nchw(x_raw, layout, what=f"{name} {split} x"), image_size)
         y = labels_to_tensor(y_raw, len(x), what=f"{name} {split} y")
         splits[split] = permute(x, y, shuffle_seed)
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]

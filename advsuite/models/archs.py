@@ -168,6 +168,23 @@ def cifarcnn(*, in_chans: int, num_classes: int, image_size: tuple[int, int], hi
     return net, {"hidden": hidden}
 
 
+@register("convnet", "VGG-style CNN: 4 conv+BN+pool blocks (32, 64, 128, 256), global max-pool, linear")
+def convnet(
+    *, in_chans: int, num_classes: int, image_size: tuple[int, int], widths: Sequence[int] = (32, 64, 128, 256)
+) -> BuildResult:
+    """Pooling after every block keeps it ~5x cheaper than cifarcnn per step on a CPU while reaching over 80%
+    on CIFAR-10 in 15 epochs (docs/models.md); global max-pooling makes it work at any input size."""
+    chans = [int(w) for w in widths]
+    if not chans:
+        raise ConfigError("convnet: widths must list at least one block width")
+    layers: list[nn.Module] = []
+    for cin, cout in zip([in_chans, *chans], chans, strict=False):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        layers.append(nn.MaxPool2d(2))
+    net = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(chans[-1], num_classes))
+    return net, {"widths": chans}
+
+
 # ------------------------------------------------------------------------------------ torchvision ResNets
 
 

@@ -1,4 +1,4 @@
-"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard, prior)."""
+"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard, prior, face)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ TASKS = {
     "leaderboard": "advsuite.tasks.leaderboard:run_leaderboard",
     # the decision-based family's own task: fit a probe prior ahead of a sweep
     "prior": "advsuite.attacks.boundary.priors.task:run_prior",
+    # the face family's own task: patches judged on held-out face embedders at a fixed FAR
+    "face": "advsuite.attacks.face.task:run_face",
 }
 
 

@@ -65,25 +65,9 @@ def verification_threshold(
     All pairs of ``x`` are scored; pairs of the same identity are genuine, the others impostors. Returns
     ``(τ, stats)`` with the achieved ``far``, the true-accept rate ``tar`` on genuine pairs, and pair counts.
     """
-    if not (0 <= far < 1):
-        raise ConfigError(f"far must be a false-accept rate in [0, 1), got {far!r}")
-    if len(x) != len(identities) or len(x) < 2:
-        raise InputError(f"need at least two images with one identity each, got {len(x)} and {len(identities)}")
-    e = F.normalize(embed(model, x, batch_size), dim=1)
-    sim = e @ e.T
-    i, j = torch.triu_indices(len(x), len(x), offset=1)
-    scores, genuine = sim[i, j], identities[i] == identities[j]
-    impostor = scores[~genuine].sort(descending=True).values
-    if len(impostor) == 0 or not genuine.any():
-        raise InputError("need images of at least two identities and two images of one identity")
-    k = int(far * len(impostor))  # at most k impostor pairs may reach the threshold
-    tau = float(torch.nextafter(impostor[k], torch.tensor(float("inf"))))
-    return tau, {
-        "far": float((impostor >= tau).float().mean()),
-        "tar": float((scores[genuine] >= tau).float().mean()),
-        "n_genuine": float(genuine.sum()),
-        "n_impostor": float(len(impostor)),
-    }
+    from advsuite.attacks.face.verification import threshold_at_far
+
+    return threshold_at_far(F.normalize(embed(model, x, batch_size), dim=1), identities, far)
 
 
 @dataclass
