@@ -76,7 +76,9 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
     surrogates = list(some["surrogates"])
     info = some["faces_info"]
     out = [
-        "## Face-verification patches on the offline stand-in",
+        "## Face-verification patches on the offline stand-in"
+        if some["faces"] == "face_standin"
+        else f"## Face-verification patches on {some['faces']}",
         "",
         f"`python bench/face.py` ({some['machine']}, {some['threads']} torch threads, {some['date'][:10]}). "
         f"Data: `faces={some['faces']}`, {info.get('source')}: {info.get('train_identities')} training identities "

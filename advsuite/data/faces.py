@@ -13,6 +13,7 @@ targets), :func:`identity_folder` (``root/<identity>/<image>``, any image format
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ def split_identities(
     """
     if not 0 <= test_fraction < 1:
         raise ConfigError(f"faces.test_fraction must be in [0, 1), got {test_fraction!r}")
+    if not isinstance(eval_identities, int) or isinstance(eval_identities, bool) or eval_identities < 2:
+        raise ConfigError(
+            f"faces.eval_identities must be a whole number >= 2 (held-out people), got {eval_identities!r}"
+        )
     ids, counts = identity.unique(return_counts=True)
     kept = ids[counts >= min_images]
     if len(kept) < eval_identities + 2:
@@ -87,7 +92,8 @@ def split_identities(
         input_shape=tuple(x.shape[1:]),  # type: ignore[arg-type]
         mean=mean,
         std=std,
-        info={"identities": len(trained), "task": "face identities"},
+        # which people and pixels the training split holds: part of every cache key built on it
+        info={"identities": len(trained), "task": "face identities", "fingerprint": fingerprint(trained, x_tr)},
     )
     return FaceData(
         name=name,
@@ -102,6 +108,13 @@ def split_identities(
             "eval_images": len(x_eval),
         },
     )
+
+
+def fingerprint(identities: torch.Tensor, x: torch.Tensor) -> str:
+    """A short hash of the training identities and their images (another split gets other cached models)."""
+    digest = hashlib.sha256(identities.numpy().tobytes())
+    digest.update(x.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -125,13 +138,21 @@ def standin(
     )  # fmt: skip
 
 
-def _transform(image_size: int, crop: float) -> Callable[[Any], torch.Tensor]:
-    """Centre-crop a fraction ``crop`` of the shorter side (the face box of aligned crops), resize, to tensor."""
+def _transform(image_size: int, crop: float, top: float | None = None) -> Callable[[Any], torch.Tensor]:
+    """Crop a square of ``crop`` times the shorter side (the face box of aligned crops), centred, or starting at
+    the fraction ``top`` of the height; resize; to tensor."""
     from torchvision import transforms
+
+    if not 0 < crop <= 1:
+        raise ConfigError(f"faces.crop is a fraction of the shorter image side in (0, 1], got {crop!r}")
 
     def apply(img: Any) -> torch.Tensor:
         side = round(min(img.size) * crop)
-        out = transforms.functional.center_crop(img.convert("RGB"), [side, side])
+        if top is None:
+            out = transforms.functional.center_crop(img.convert("RGB"), [side, side])
+        else:
+            left = (img.size[0] - side) // 2
+            out = transforms.functional.crop(img.convert("RGB"), round(top * img.size[1]), left, side, side)
         out = transforms.functional.resize(out, [image_size, image_size], antialias=True)
         return transforms.functional.to_tensor(out)
 
@@ -146,11 +167,8 @@ def _stack(dataset: Dataset, targets: list[int] | torch.Tensor, what: str) -> tu
     return torch.stack(images), torch.as_tensor(targets, dtype=torch.long)
 
 
-def _not_found(name: str, where: Path, exc: Exception) -> DatasetNotFoundError:
-    return DatasetNotFoundError(
-        f"{name} not found under {where} ({exc}); set faces.download=true to fetch it with torchvision, "
-        "or point faces.root (or ADVSUITE_DATA) at a copy"
-    )
+def _not_found(name: str, where: Path, exc: Exception, how: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(f"{name} could not be loaded from {where} ({exc}); {how}")
 
 
 def lfw(
@@ -166,15 +184,23 @@ def lfw(
     seed: int = 0,
 ) -> FaceData:
     """LFW through ``torchvision.datasets.LFWPeople`` (all 13,233 images); identities with at least
-    ``min_images`` images are kept. ``crop``: the centre fraction of the 250-px image that holds the face."""
+    ``min_images`` images are kept. ``crop``: the centre fraction of the 250-px image that holds the face.
+
+    torchvision 0.29 no longer downloads LFW itself (``download=True`` raises); place the files it checks under
+    ``<root>/lfw-py/``: ``lfw-funneled.tgz`` (or ``lfw.tgz`` / ``lfw-deepfunneled.tgz`` for the other image
+    sets), its extracted folder, ``people.txt`` and ``lfw-names.txt``."""
     from torchvision.datasets import LFWPeople
 
     base = data_root(root)
+    how = (
+        f"place the LFW files under {base / 'lfw-py'} (the archive of image_set={image_set!r}, its extracted "
+        "folder, people.txt, lfw-names.txt; torchvision no longer downloads LFW) or set faces.root / ADVSUITE_DATA"
+    )
     try:
         ds = LFWPeople(str(base), split="10fold", image_set=image_set, download=download,
                        transform=_transform(image_size, crop))  # fmt: skip
-    except RuntimeError as exc:
-        raise _not_found("LFW", base, exc) from exc
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _not_found("LFW", base, exc, how) from exc
     x, identity = _stack(ds, ds.targets, "LFW")
     info = {"source": f"torchvision LFWPeople ({image_set})", "crop": crop}
     return split_identities(
@@ -190,6 +216,7 @@ def celeba(
     split: str = "all",
     image_size: int = 32,
     crop: float = 0.75,
+    top: float | None = 0.24,
     max_identities: int = 2000,
     min_images: int = 10,
     eval_identities: int = 200,
@@ -197,15 +224,21 @@ def celeba(
     seed: int = 0,
 ) -> FaceData:
     """CelebA's aligned images through ``torchvision.datasets.CelebA`` with identity targets; the first
-    ``max_identities`` identities with at least ``min_images`` images (CelebA has 10,177; loading all is slow)."""
+    ``max_identities`` identities with at least ``min_images`` images (CelebA has 10,177; loading all is slow).
+    ``crop`` 0.75 of the 178-px width from ``top`` 0.24 of the 218-px height puts the aligned eyes (row ~111) at
+    0.44 of the crop, where the region masks expect them."""
     from torchvision.datasets import CelebA
 
     base = data_root(root)
     try:
         ds = CelebA(str(base), split=split, target_type="identity", download=download,
-                    transform=_transform(image_size, crop))  # fmt: skip
-    except RuntimeError as exc:
-        raise _not_found("CelebA", base, exc) from exc
+                    transform=_transform(image_size, crop, top))  # fmt: skip
+    except (RuntimeError, ValueError, OSError) as exc:
+        how = (
+            "set faces.download=true to fetch it (needs the gdown package; Google Drive is often rate-limited), "
+            f"or place a copy under {base / 'celeba'}"
+        )
+        raise _not_found("CelebA", base, exc, how) from exc
     identity = ds.identity.squeeze(1).long()
     ids, counts = identity.unique(return_counts=True)
     chosen = ids[counts >= min_images][:max_identities]
@@ -241,7 +274,7 @@ def identity_folder(
         )
     try:
         ds = ImageFolder(str(folder), transform=_transform(image_size, crop))
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
         raise DatasetNotFoundError(f"face folder {folder}: {exc}") from exc
     x, identity = _stack(ds, ds.targets, str(folder))
     info = {"source": f"identity folders under {folder}", "identities_found": len(ds.classes)}

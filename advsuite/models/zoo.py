@@ -101,6 +101,8 @@ def cache_key(
             "n_train": len(data.train),  # type: ignore[arg-type]
             "mean": list(data.mean),
             "std": list(data.std),
+            # splits drawn from a larger set (face identities) say which images they hold
+            **({"fingerprint": data.info["fingerprint"]} if "fingerprint" in data.info else {}),
         },
     }
     return recipe.digest(extra)

@@ -47,7 +47,7 @@ from advsuite.errors import ConfigError, InputError
 from advsuite.seeding import make_generator
 from advsuite.validation import check_choice, check_int, check_number
 
-from ..patch.generator import PatchVAE
+from ..patch.generator import PatchVAE, resolve_settings
 from ..patch.placement import gaussian_smoothing, input_diversity
 from .regions import region_box, region_mask
 
@@ -112,9 +112,13 @@ class FacePatch:
         check_int(owner, "ti_kernel", self.ti_kernel, 1)
         if self.ti_kernel % 2 == 0:
             raise ConfigError(f"{owner}: ti_kernel must be odd (1 = no smoothing), got {self.ti_kernel}")
+        for name in ("ti_sigma", "latent_bound", "di_prob", "di_low", "momentum"):
+            if not isinstance(getattr(self, name), int | float) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{owner}: {name} must be a number, got {getattr(self, name)!r}")
         for name in ("step_size", "ti_sigma", "latent_bound"):
             check_number(owner, name, getattr(self, name))
         check_number(owner, "momentum", self.momentum, strict=False)
+        self.generator = resolve_settings(self.generator)  # checked now, before any embedder trains
         if not (0 <= self.di_prob <= 1 and 0 < self.di_low <= 1):
             raise ConfigError(
                 f"{owner}: need di_prob in [0, 1] and di_low in (0, 1], got {self.di_prob}, {self.di_low}"
@@ -144,12 +148,15 @@ class FacePatch:
             raise ConfigError("space=latent needs the face generator (task=face builds it)")
         if any(len(r) != len(x) for r in refs):
             raise InputError("every reference tensor needs one embedding per source image")
+        if len(x) == 0:
+            raise InputError("no source faces to attack")
         for model in surrogates:
             model.eval().requires_grad_(False)
+        self.fit_queries = 0
         out, traces = [], []
-        for start in range(0, len(x), self.batch_size):
+        for index, start in enumerate(range(0, len(x), self.batch_size)):
             part = slice(start, start + self.batch_size)
-            adv, trace = self._batch(surrogates, x[part], [r[part] for r in refs], generator, start)
+            adv, trace = self._batch(surrogates, x[part], [r[part] for r in refs], generator, index)
             out.append(adv)
             traces.append(trace)
         steps = len(traces[0])
@@ -162,12 +169,12 @@ class FacePatch:
         x: torch.Tensor,
         refs: Sequence[torch.Tensor],
         generator: PatchVAE | None,
-        offset: int,
+        index: int,
     ) -> tuple[torch.Tensor, list[float]]:
         device = x.device
         n, _, height, width = x.shape
         mask = region_mask(self.region, height, width, device)
-        gen = make_generator(self.seed + offset, device)
+        gen = make_generator(self.seed * 1_000_003 + index, device)  # one stream per (seed, batch)
         refs = [F.normalize(r.to(device).float(), dim=1) for r in refs]
         if self.space == "latent":
             assert generator is not None
@@ -190,7 +197,8 @@ class FacePatch:
                 x_d = input_diversity(x_p, gen, prob=self.di_prob, low=self.di_low)
                 value = torch.stack([self.loss(f(x_d), r) for f, r in zip(surrogates, refs, strict=True)]).mean(0)
                 (grad_p,) = torch.autograd.grad(value.sum(), patch_in)
-                grad_p = gaussian_smoothing(grad_p * mask, self.ti_kernel, self.ti_sigma)
+                # smoothed, then cut to the region again: pixels outside it do not reach the loss
+                grad_p = gaussian_smoothing(grad_p * mask, self.ti_kernel, self.ti_sigma) * mask
                 if patch is var:
                     grad = grad_p
                 else:

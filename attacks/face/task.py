@@ -1,7 +1,7 @@
 """``task=face``: transferable face-verification patches, judged on held-out embedders at a fixed FAR.
 
     python -m advsuite task=face model=convnet                                   # offline stand-in
-    python -m advsuite task=face faces=lfw faces.download=true model=convnet
+    python -m advsuite task=face faces=lfw model=convnet      # LFW's files under <data root>/lfw-py
     python -m advsuite task=face model=convnet face_attack.space=pixel face_attack.mode=impersonation
 
 Flow: load the face data (``faces=``), train or load every embedder on the training identities (the victims:
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -26,7 +27,7 @@ from torch import nn
 from advsuite.configs import to_plain
 from advsuite.data.faces import FaceData
 from advsuite.device import resolve_device
-from advsuite.errors import ConfigError
+from advsuite.errors import AdvsuiteError, ConfigError
 from advsuite.models.surrogates import reference_spec
 from advsuite.models.zoo import load_model
 from advsuite.paths import advsuite_home
@@ -114,7 +115,12 @@ def run_face(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"task.far is a false-accept rate in (0, 1), got {far!r}")
     victims, surrogates = embedder_specs(cfg, attack)
     seed_everything(int(cfg.seed))
-    data = instantiate(cfg.faces)
+    try:
+        data = instantiate(cfg.faces)
+    except InstantiationException as exc:  # Hydra wraps the loader's own one-line errors
+        if isinstance(exc.__cause__, AdvsuiteError):
+            raise exc.__cause__ from None
+        raise
     if not isinstance(data, FaceData):
         raise ConfigError(f"faces config must instantiate FaceData, got {type(data).__name__}")
     recipe = dict(to_plain(attack.embedder_recipe) or {})

@@ -207,7 +207,12 @@ def _key(resolved: Mapping[str, Any], side: int, data: Any, seed: int) -> str:
     blob = {
         "settings": dict(resolved),
         "side": side,
-        "dataset": {"name": data.name, "input_shape": list(data.input_shape), "n_train": len(data.train)},
+        "dataset": {
+            "name": data.name,
+            "input_shape": list(data.input_shape),
+            "n_train": len(data.train),
+            **({"fingerprint": data.info["fingerprint"]} if "fingerprint" in getattr(data, "info", {}) else {}),
+        },
         "seed": int(seed),
     }
     return content_key(blob)
