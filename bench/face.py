@@ -97,13 +97,17 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
         + ".",
         "",
     ]
-    head = ["mode", "space", *(f"victim {v}: success (valid)" for v in victims)]
+    head = ["mode", "space", *(f"victim {v}: success (valid), cos clean → patched" for v in victims)]
     head += ["transfer (mean)", *(f"surrogate {s} (white-box)" for s in surrogates), "median L∞", "wall s"]
     out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for method, r in runs.items():
         mode, space = method.split("/")
         cells = [mode, space]
-        cells += [f"{fmt(r['victims'][v]['success_rate'])} ({int(r['victims'][v]['n_valid'])})" for v in victims]
+        cells += [
+            f"{fmt(r['victims'][v]['success_rate'])} ({int(r['victims'][v]['n_valid'])}), "
+            f"{r['victims'][v]['mean_similarity_clean']:.3f} → {r['victims'][v]['mean_similarity_adv']:.3f}"
+            for v in victims
+        ]
         cells += [fmt(r["transfer_success"])]
         cells += [fmt(r["surrogates"][s]["success_rate"]) for s in surrogates]
         cells += [fmt(r["median_linf"]), f"{r['wall_s']:.0f}"]
@@ -113,10 +117,26 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
         lat, pix = runs.get(f"{mode}/latent"), runs.get(f"{mode}/pixel")
         if lat and pix and lat["transfer_success"] is not None and pix["transfer_success"] is not None:
             gap = 100 * (lat["transfer_success"] - pix["transfer_success"])
+            pairs = sum(v["n_valid"] for v in lat["victims"].values())
+            differ = abs(gap / 100 * pairs)  # successful victim-pairs that separate the two
             verdict = "PASS" if gap > 0 else "FAIL"
+            if differ < 5:
+                verdict = f"inconclusive: {differ:.0f} of {pairs:.0f} victim-pairs differ"
             out.append(
                 f"- {mode}: transfer success latent − pixel = {fmt(lat['transfer_success'])} − "
                 f"{fmt(pix['transfer_success'])} = {gap:+.1f} points (the paper's claim, > 0: {verdict})"
+            )
+            sign = 1 if mode == "impersonation" else -1  # the direction the attack pushes the similarity
+            moved = {
+                space: sum(
+                    sign * (v["mean_similarity_adv"] - v["mean_similarity_clean"]) for v in r["victims"].values()
+                )
+                / len(r["victims"])
+                for space, r in (("latent", lat), ("pixel", pix))
+            }
+            out.append(
+                f"- {mode}: mean victim similarity moved towards the goal by {moved['latent']:.3f} (latent) vs "
+                f"{moved['pixel']:.3f} (pixel)"
             )
     return "\n".join(out)
 
