@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,3 +43,17 @@ def describe_machine() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} CPUs{gpu}, {platform.system()} {platform.machine()}"
+
+
+def provenance() -> dict[str, Any]:
+    """Where and how a benchmark run was made: its command line, date, machine, torch version and threads."""
+    import datetime
+    import sys
+
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": describe_machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }

@@ -52,7 +52,6 @@ its key), written after every run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import fnmatch
 import json
 import math
@@ -71,7 +70,7 @@ from advsuite.attack import PrepareContext, attack_options
 from advsuite.attacks.patch import patch_side
 from advsuite.configs import plugin_overrides
 from advsuite.data import as_tensors
-from advsuite.device import describe_machine, resolve_device
+from advsuite.device import provenance, resolve_device
 from advsuite.evaluation import evaluate
 from advsuite.models.archs import build_classifier
 from advsuite.models.surrogates import reference_spec
@@ -292,11 +291,7 @@ def run_method(section: str, method: str, v: dict[str, Any], args: argparse.Name
         "method": method,
         "seed": args.seed,
         "overrides": overrides,
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **provenance(),
         "device": str(model.device),
         "victim": v["name"],
         "victim_overrides": v["overrides"],

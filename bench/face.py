@@ -17,20 +17,17 @@ Results accumulate in ``--json`` (default bench/results/face.json), keyed by met
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_module
 
 from advsuite.attacks.face.task import run_face
 from advsuite.configs import plugin_overrides
-from advsuite.device import describe_machine
+from advsuite.device import provenance
 
 VICTIMS = "task.victims=[convnet,cifarcnn]"
 METHODS: dict[str, list[str]] = {
@@ -54,11 +51,7 @@ def run(method: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "method": method,
         "overrides": overrides,
-        "command": " ".join(["python", *sys.argv]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **provenance(),
         "wall_s": time.perf_counter() - start,
         **summary,
     }

@@ -45,10 +45,11 @@ from torch import nn
 
 from advsuite.errors import ConfigError, InputError
 from advsuite.seeding import make_generator
-from advsuite.validation import check_choice, check_int, check_number
+from advsuite.validation import check_choice, check_int
 
 from ..patch.generator import PatchVAE, resolve_settings
 from ..patch.placement import gaussian_smoothing, input_diversity
+from ..patch.transfer_steps import TransferSteps
 from .regions import region_box, region_mask
 
 MODES = ("dodging", "impersonation")
@@ -67,7 +68,7 @@ def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Ten
 
 
 @dataclass
-class FacePatch:
+class FacePatch(TransferSteps):
     """Xiao et al.'s transferable face patch: G(w) (``space: latent``) or pixels, MI + DI + TI over surrogates."""
 
     mode: str = "dodging"
@@ -80,14 +81,6 @@ class FacePatch:
     #: merged into the zoo's default recipe for every embedder the run has to train
     embedder_recipe: Any = field(default_factory=lambda: {"epochs": 15})
     steps: int = 100
-    #: α of the sign step; null: 2/255 (pixel) or 0.05 (latent)
-    step_size: float | None = None
-    momentum: float = 1.0
-    di_prob: float = 0.5
-    di_low: float = 0.9
-    ti_kernel: int = 3
-    ti_sigma: float = 1.0
-    latent_bound: float = 3.0
     init: str = "random"
     #: the face generator's settings (:data:`~advsuite.attacks.patch.generator.GENERATOR_DEFAULTS`)
     generator: Any = None
@@ -109,20 +102,8 @@ class FacePatch:
         region_box(self.region)
         check_int(owner, "steps", self.steps, 1)
         check_int(owner, "batch_size", self.batch_size, 1)
-        check_int(owner, "ti_kernel", self.ti_kernel, 1)
-        if self.ti_kernel % 2 == 0:
-            raise ConfigError(f"{owner}: ti_kernel must be odd (1 = no smoothing), got {self.ti_kernel}")
-        for name in ("ti_sigma", "latent_bound", "di_prob", "di_low", "momentum"):
-            if not isinstance(getattr(self, name), int | float) or isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{owner}: {name} must be a number, got {getattr(self, name)!r}")
-        for name in ("step_size", "ti_sigma", "latent_bound"):
-            check_number(owner, name, getattr(self, name))
-        check_number(owner, "momentum", self.momentum, strict=False)
+        self.check_transfer_steps(owner)  # step_size null: 2/255 (pixel) or 0.05 (latent)
         self.generator = resolve_settings(self.generator)  # checked now, before any embedder trains
-        if not (0 <= self.di_prob <= 1 and 0 < self.di_low <= 1):
-            raise ConfigError(
-                f"{owner}: need di_prob in [0, 1] and di_low in (0, 1], got {self.di_prob}, {self.di_low}"
-            )
 
     @property
     def alpha(self) -> float:
@@ -205,8 +186,7 @@ class FacePatch:
                     (grad,) = torch.autograd.grad(patch, var, grad_outputs=grad_p)
             self.fit_queries += n * len(surrogates)
             trace.append(float(value.detach().mean()))
-            scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
-            momentum = self.momentum * momentum + grad / scale
+            momentum = self.accumulate(momentum, grad, per_sample=True)
             with torch.no_grad():
                 var = var.detach() - self.alpha * momentum.sign()
                 var = var.clamp(-self.latent_bound, self.latent_bound) if self.space == "latent" else var.clamp(0, 1)

@@ -60,11 +60,12 @@ from advsuite.models.classifier import Classifier
 from advsuite.models.surrogates import SURROGATE_RECIPE, surrogate_names
 from advsuite.oracles import LabelOracle
 from advsuite.seeding import make_generator
-from advsuite.validation import check_choice, check_int, check_number
+from advsuite.validation import check_choice, check_int
 
 from .base import UniversalPatchAttack, objective, training_images
 from .generator import PatchVAE, load_patch_generator, resolve_settings
 from .placement import gaussian_smoothing, input_diversity
+from .transfer_steps import TransferSteps
 
 SPACES = ("latent", "pixel")
 DEFAULT_STEP = {"pixel": 0.01, "latent": 0.05}
@@ -79,7 +80,7 @@ def resolve_surrogates(surrogates: Any, victim_arch: str | None) -> list[Any]:
 
 
 @dataclass
-class TransferPatch(UniversalPatchAttack):
+class TransferPatch(UniversalPatchAttack, TransferSteps):
     """Xiao et al.'s transferable patch: G(w) (``space: latent``) or pixels, MI + DI + TI over surrogates."""
 
     access: ClassVar[Access] = "label"
@@ -90,14 +91,6 @@ class TransferPatch(UniversalPatchAttack):
     surrogate_recipe: Any = field(default_factory=lambda: dict(SURROGATE_RECIPE))
     steps: int = 200
     batch_size: int = 32
-    #: α of the sign step; null: 0.01 (pixel) or 0.05 (latent)
-    step_size: float | None = None
-    momentum: float = 1.0
-    di_prob: float = 0.5
-    di_low: float = 0.9
-    ti_kernel: int = 3
-    ti_sigma: float = 1.0
-    latent_bound: float = 3.0
     #: the patch generator's settings (see :data:`advsuite.attacks.patch.generator.GENERATOR_DEFAULTS`)
     generator: Any = None
 
@@ -113,17 +106,7 @@ class TransferPatch(UniversalPatchAttack):
         owner = type(self).__name__
         check_choice(owner, "space", self.space, SPACES)
         check_int(owner, "steps", self.steps, 1)
-        check_int(owner, "ti_kernel", self.ti_kernel, 1)
-        if self.ti_kernel % 2 == 0:
-            raise ConfigError(f"{owner}: ti_kernel must be odd (1 = no smoothing), got {self.ti_kernel}")
-        for name in ("step_size", "ti_sigma", "latent_bound"):
-            check_number(owner, name, getattr(self, name))
-        check_number(owner, "momentum", self.momentum, strict=False)
-        check_number(owner, "di_prob", self.di_prob, strict=False)
-        if not (self.di_prob <= 1 and 0 < self.di_low <= 1):
-            raise ConfigError(
-                f"{owner}: need di_prob in [0, 1] and di_low in (0, 1], got {self.di_prob}, {self.di_low}"
-            )
+        self.check_transfer_steps(owner)  # step_size null: 0.01 (pixel) or 0.05 (latent)
         self.surrogate_recipe = dict(to_plain(self.surrogate_recipe) or {})
         self.generator = resolve_settings(self.generator)
 
@@ -265,7 +248,7 @@ class TransferPatch(UniversalPatchAttack):
                 (grad_p,) = torch.autograd.grad(value, patch, retain_graph=self.space == "latent")
                 grad_p = gaussian_smoothing(grad_p, self.ti_kernel, self.ti_sigma)
                 grad = torch.autograd.grad(patch, v, grad_outputs=grad_p)[0] if self.space == "latent" else grad_p
-                momentum = self.momentum * momentum + grad / grad.abs().mean().clamp_min(1e-12)
+                momentum = self.accumulate(momentum, grad)
                 var = (var + self.alpha * momentum.sign()).clamp(low, high)
                 trace.append(float(value.detach()))
         with torch.no_grad():
