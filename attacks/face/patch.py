@@ -47,6 +47,7 @@ from advsuite.errors import ConfigError, InputError
 from advsuite.seeding import make_generator
 from advsuite.validation import check_choice, check_int
 
+from ..patch.embedding import embed as raw_embeddings
 from ..patch.generator import PatchVAE, resolve_settings
 from ..patch.placement import gaussian_smoothing, input_diversity
 from ..patch.transfer_steps import TransferSteps
@@ -58,13 +59,9 @@ INITS = ("random", "source")
 DEFAULT_STEP = {"pixel": 2 / 255, "latent": 0.05}
 
 
-@torch.no_grad()
 def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Embeddings of ``x`` (eval mode, chunked), on the CPU, L2-normalised."""
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    return F.normalize(torch.cat(out), dim=1)
+    """Embeddings of ``x`` (eval mode, chunked, the model's mode restored), on the CPU, L2-normalised."""
+    return F.normalize(raw_embeddings(model, x, batch_size), dim=1)
 
 
 @dataclass
