@@ -312,7 +312,7 @@ class Widening(FullSpace):
     that keep descending keep their subspace.
     """
 
-    def __init__(self, inner: FullSpace, patience: int = 4, tolerance: float = 0.02, step: float = 0.25) -> None:
+    def __init__(self, inner: FullSpace, patience: int = 2, tolerance: float = 0.02, step: float = 0.5) -> None:
         self.inner, self.full = inner, GaussianProbes()
         self.patience, self.tolerance, self.step = int(patience), float(tolerance), float(step)
         self.share: dict[int, float] = {}
