@@ -13,12 +13,11 @@ attack, oracle and re-check in the pipeline sees the *defended* model, as its us
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
 
 import torch
 from torch import nn
 
-from advsuite.errors import ConfigError
+from advsuite.errors import AdvsuiteError, ConfigError, ModelError
 from advsuite.models.classifier import Classifier
 
 
@@ -26,9 +25,9 @@ class Defense(nn.Module, abc.ABC):
     """A preprocessing defense: ``forward(x)`` maps [0, 1] images to [0, 1] images of the same shape."""
 
     #: gradients through ``forward`` are meaningful (if not, white-box attacks use :meth:`surrogate`)
-    differentiable: ClassVar[bool] = True
+    differentiable: bool = True
     #: the same image may come out differently from call to call
-    randomized: ClassVar[bool] = False
+    randomized: bool = False
     #: how runs and the leaderboard name it
     name: str = "defense"
 
@@ -42,32 +41,63 @@ class Defense(nn.Module, abc.ABC):
 
 
 class _Defended(nn.Module):
-    """``model(defense(x))``; a non-differentiable defense passes the surrogate's gradient (BPDA)."""
+    """``model(defense(x))``; a non-differentiable defense passes the surrogate's gradient (BPDA) unless
+    ``bpda`` is off (then gradients go through the defense as autograd sees it: what a naive attack does)."""
 
-    def __init__(self, defense: Defense, model: Classifier) -> None:
+    def __init__(self, defense: Defense, model: Classifier, bpda: bool = True) -> None:
         super().__init__()
         self.defense = defense
         self.model = model
+        self.bpda = bpda
         self.training = model.training  # wrapping changes no module's mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.defense.differentiable or not torch.is_grad_enabled() or not x.requires_grad:
-            defended = self.defense(x)
+            defended = self.checked(x)
+        elif not self.bpda:
+            defended = self.checked(x)
+            if not defended.requires_grad:  # e.g. JPEG through libjpeg: to autograd, a zero gradient
+                defended = defended + 0 * x
         else:
             approx = self.defense.surrogate(x)
             with torch.no_grad():
-                exact = self.defense(x)
+                exact = self.checked(x)
             defended = approx + (exact - approx).detach()  # forward: the defense; backward: the surrogate
         return self.model(defended)
 
+    def checked(self, x: torch.Tensor) -> torch.Tensor:
+        """The defense's output, refused with its name when it fails, changes the shape or leaves the bounds."""
+        name = self.defense.name
+        try:
+            out = self.defense(x)
+        except AdvsuiteError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"defense {name!r} failed on a batch of shape {tuple(x.shape)}: "
+                             f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"defense {name!r} returned {got} for a batch of shape {tuple(x.shape)}; a defense "
+                             "must return images of the shape it was given")  # fmt: skip
+        lo, hi = self.model.bounds
+        low, high = (float(v) for v in out.detach().aminmax()) if out.numel() else (lo, hi)
+        if low < lo - 1e-6 or high > hi + 1e-6:
+            raise ModelError(f"defense {name!r} returned values in [{low:.4g}, {high:.4g}], "
+                             f"outside the model's input bounds [{lo}, {hi}]; clamp its output")  # fmt: skip
+        return out
 
-def defend(model: Classifier, defense: Defense | None) -> Classifier:
-    """``model`` behind ``defense`` (``None``: the model itself), as a Classifier the pipeline attacks."""
+
+def defend(model: Classifier, defense: Defense | None, *, bpda: bool = True) -> Classifier:
+    """``model`` behind ``defense`` (``None``: the model itself), as a Classifier the pipeline attacks.
+
+    ``bpda=False`` lets white-box attacks differentiate the defense as it is (zero gradients through rounding,
+    say): the naive evaluation an audit compares against.
+    """
     if defense is None:
         return model
     if not isinstance(defense, Defense):
         raise ConfigError(f"the defense config builds {type(defense).__name__}, not an advsuite Defense")
-    net = _Defended(defense.to(model.device), model)
+    net = _Defended(defense.to(model.device), model, bpda)
     defended = Classifier(
         net,
         num_classes=model.num_classes,

@@ -6,6 +6,10 @@ from typing import Any
 
 from advsuite.defense import Defense
 from advsuite.defenses.bit_depth import BitDepthReduction
+from advsuite.defenses.chain import Chain
+from advsuite.defenses.jpeg import JPEG
+from advsuite.defenses.median import MedianSmoothing
+from advsuite.defenses.randomization import GaussianNoise, RandomResizePad
 from advsuite.errors import ConfigError
 from advsuite.models.custom import call_import_path
 
@@ -24,4 +28,13 @@ def custom(target: str = "", kwargs: dict[str, Any] | None = None, name: str = "
     return defense
 
 
-__all__ = ["BitDepthReduction", "custom", "no_defense"]
+__all__ = [
+    "JPEG",
+    "BitDepthReduction",
+    "Chain",
+    "GaussianNoise",
+    "MedianSmoothing",
+    "RandomResizePad",
+    "custom",
+    "no_defense",
+]

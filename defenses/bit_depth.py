@@ -10,8 +10,6 @@ identity (Athalye et al., ICML 2018, broke this defense that way).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from advsuite.defense import Defense
@@ -21,8 +19,7 @@ from advsuite.errors import ConfigError
 class BitDepthReduction(Defense):
     """Round every pixel to ``bits`` bits (1 to 8) of depth."""
 
-    differentiable: ClassVar[bool] = False
-    randomized: ClassVar[bool] = False
+    differentiable = False
 
     def __init__(self, bits: int = 4, name: str = "bit_depth") -> None:
         super().__init__()

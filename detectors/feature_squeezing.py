@@ -14,7 +14,6 @@ CNN it reaches AUROC 0.94 and 81% detection at 5% FPR against PGD at ε = 0.2 wi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from advsuite.defense import Defense
 from advsuite.detector import DEFAULT_FPR, Detector
@@ -23,22 +22,7 @@ from advsuite.models.classifier import Classifier
 from advsuite.validation import check_images
 
 from ..defenses.bit_depth import BitDepthReduction
-
-
-class MedianSmoothing(Defense):
-    """A ``size`` × ``size`` median filter per channel (reflect padding; an even size pads one more after)."""
-
-    def __init__(self, size: int = 2, name: str = "median") -> None:
-        super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"median smoothing: size must be a whole number >= 1, got {size!r}")
-        self.size, self.name = size, name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        before = (self.size - 1) // 2
-        padded = F.pad(x, (before, self.size - 1 - before, before, self.size - 1 - before), mode="reflect")
-        windows = padded.unfold(2, self.size, 1).unfold(3, self.size, 1)  # N, C, H, W, size, size
-        return windows.flatten(-2).median(dim=-1).values
+from ..defenses.median import MedianSmoothing
 
 
 class FeatureSqueezing(Detector):

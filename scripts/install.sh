@@ -19,5 +19,8 @@ if [ "$have" != "$digest $extras" ] && { [ -n "$extras" ] || [ "${have%% *}" != 
   # torch and torchvision first, pinned as a pair: a torchvision built for another torch fails to import
   .venv/bin/python -m pip install --quiet ${index:+--index-url "$index"} "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+  # the tests cross-check AutoAttack against torchattacks; its metadata pins requests 2.25 (which clashes with
+  # huggingface_hub's idna), but it never imports requests, so it goes in without its dependencies
+  if [[ "$extras" == *dev* ]]; then .venv/bin/python -m pip install --quiet --no-deps "torchattacks==3.5.1"; fi
   echo "$digest $extras" > "$stamp"
 fi

@@ -120,10 +120,13 @@ def test_every_defense_config_builds_and_custom_ones_load_by_import_path() -> No
     import advsuite
     from advsuite.tasks.options import build_run_defense
 
-    assert advsuite.defense_names() == ["bit_depth", "custom", "none"]
+    assert advsuite.defense_names() == [
+        "bit_depth", "chain", "custom", "gaussian_noise", "jpeg", "median", "none", "random_resize_pad"
+    ]  # fmt: skip
     assert advsuite.detector_names() == ["custom", "feature_squeezing", "none"]
     for name in advsuite.defense_names():
-        cfg = OmegaConf.create({"defense": OmegaConf.load(Path(__file__).parents[1] / f"conf/defense/{name}.yaml")})
+        defense_cfg = OmegaConf.load(Path(__file__).parents[1] / f"conf/defense/{name}.yaml")
+        cfg = OmegaConf.create({"seed": 0, "defense": defense_cfg})
         if name == "custom":
             cfg.defense.target = f"{__name__}:Halve"
         defense = build_run_defense(cfg, name)
