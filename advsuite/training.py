@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
+from advsuite.adversarial_training import ADV_NORMS, ADVERSARIAL, training_losses
 from advsuite.artifacts import content_key
 from advsuite.data.bundle import DataBundle, as_tensors
 from advsuite.device import resolve_device
@@ -31,6 +32,7 @@ CONTROL_KEYS = ("name", "force")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("auto", "none", "crop", "crop_flip")
+ROBUST_KEYS = ("adversarial", "adv_eps", "adv_norm", "adv_steps", "adv_step_size", "trades_beta")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,14 @@ class Recipe:
     #: train splits up to this size are held as one tensor on the device; bigger ones stream via a DataLoader
     in_memory_max_mb: int = 2048
     num_workers: int = 0
+    #: robust training (advsuite.adversarial_training): none | pgd (Madry) | trades | fast (FGSM, Wong et al.)
+    adversarial: str = "none"
+    adv_eps: float = 0.0
+    adv_norm: str = "linf"
+    adv_steps: int = 10
+    #: null: 2.5·eps/steps (pgd, trades), 1.25·eps (fast)
+    adv_step_size: float | None = None
+    trades_beta: float = 6.0
 
     @classmethod
     def coerce(cls, recipe: Recipe | Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> Recipe:
@@ -88,6 +98,12 @@ class Recipe:
             (self.crop_padding is None or self.crop_padding >= 0, "crop_padding must be >= 0 or null"),
             (self.train_subset is None or self.train_subset >= 2, "train_subset must be >= 2 or null"),
             (self.test_subset is None or self.test_subset >= 1, "test_subset must be >= 1 or null"),
+            (self.adversarial in ADVERSARIAL, f"adversarial must be one of {ADVERSARIAL}"),
+            (self.adversarial == "none" or self.adv_eps > 0, f"adversarial={self.adversarial} needs adv_eps > 0"),
+            (self.adv_norm in ADV_NORMS, f"adv_norm must be one of {ADV_NORMS}"),
+            (self.adv_steps >= 1, "adv_steps must be >= 1"),
+            (self.adv_step_size is None or self.adv_step_size > 0, "adv_step_size must be > 0 or null"),
+            (self.trades_beta >= 0, "trades_beta must be >= 0"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -97,8 +113,14 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def digest(self, extra: Mapping[str, Any] | None = None) -> str:
-        """Short hash of the recipe (plus ``extra``, e.g. arch kwargs), the zoo's cache key."""
-        return content_key({"recipe": self.to_dict(), **dict(extra or {})})
+        """Short hash of the recipe (plus ``extra``, e.g. arch kwargs), the zoo's cache key.
+
+        The robust-training keys enter only when ``adversarial`` is on, so standard models keep the keys
+        they had before those keys existed."""
+        recipe = self.to_dict()
+        if self.adversarial == "none":
+            recipe = {k: v for k, v in recipe.items() if k not in ROBUST_KEYS}
+        return content_key({"recipe": recipe, **dict(extra or {})})
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -304,6 +326,7 @@ def train_classifier(
 
     start = after_first = time.perf_counter()
     loss_sum, correct, seen, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0
+    clean_sum = adv_sum = 0.0
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # dropout and anything else drawing from the global RNG
@@ -311,12 +334,13 @@ def train_classifier(
         model.train()
         for epoch in range(recipe.epochs):
             loss_sum.zero_(), correct.zero_()
-            seen = 0
+            seen, clean_sum, adv_sum = 0, 0.0, 0.0
             for xb, yb in epoch_batches(device):
                 xb = augment_batch(xb, padding, flip, gen)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(xb)
-                    loss = loss_fn(logits.float(), yb)
+                    loss, logits, clean, adv = training_losses(model, xb, yb, recipe, gen, loss_fn)
+                if adv is not None:
+                    clean_sum, adv_sum = clean_sum + clean * len(yb), adv_sum + adv * len(yb)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -333,16 +357,20 @@ def train_classifier(
                     per_step = (time.perf_counter() - after_first) / ESTIMATE_AFTER_STEPS
                     tqdm.write(_estimate(model.name, per_step, total, recipe, n_train))
                 if verbose and (steps % 10 == 0 or seen >= n_train):
-                    bar.set_postfix(
-                        epoch=epoch + 1, loss=f"{float(loss_sum) / seen:.3f}", acc=f"{float(correct) / seen:.3f}"
-                    )
+                    shown = {"epoch": epoch + 1, "loss": f"{float(loss_sum) / seen:.3f}"}
+                    if recipe.adversarial != "none":
+                        shown |= {"clean_ce": f"{clean_sum / seen:.3f}", "adv_ce": f"{adv_sum / seen:.3f}"}
+                    bar.set_postfix(shown | {"acc": f"{float(correct) / seen:.3f}"})
+            if verbose and recipe.adversarial != "none":
+                tqdm.write(f"{model.name} epoch {epoch + 1}: clean CE {clean_sum / max(1, seen):.3f}, "
+                           f"{recipe.adversarial} adversarial CE {adv_sum / max(1, seen):.3f}")  # fmt: skip
         bar.close()
     train_seconds = time.perf_counter() - start
     model.eval()
     accuracy, n_test = evaluate_accuracy(
         model, data.test, batch_size=recipe.eval_batch_size, limit=recipe.test_subset, seed=seed
     )
-    return {
+    info = {
         "test_accuracy": accuracy,
         "n_test": n_test,
         "train_accuracy": float(correct) / max(1, seen),
@@ -353,3 +381,6 @@ def train_classifier(
         "n_train": n_train,
         "device": str(device),
     }
+    if recipe.adversarial != "none":  # the last epoch's clean and adversarial cross-entropy
+        info |= {"train_clean_ce": clean_sum / max(1, seen), "train_adv_ce": adv_sum / max(1, seen)}
+    return info
