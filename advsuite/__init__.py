@@ -7,10 +7,12 @@ The Python API in one import::
     attack = advsuite.build_attack("pgd", eps=[8 / 255])
     result = attack(model, x, y)                                   # an AttackResult
     record = advsuite.evaluate_and_record(model, attack, x, y)     # into the results store
+    report = advsuite.audit(model, x, y, defense=my_defense)       # an adaptive-attack audit (docs/audit.md)
 """
 
 from advsuite.api import attack_names, build_attack, defense_names, detector_names, evaluate_and_record, wrap_model
 from advsuite.attack import Attack, AttackResult
+from advsuite.auditing import audit
 from advsuite.data import DataBundle, as_tensors, mnist5k
 from advsuite.evaluation import Evaluation, evaluate
 from advsuite.models import Classifier
@@ -30,6 +32,7 @@ __all__ = [
     "__version__",
     "as_tensors",
     "attack_names",
+    "audit",
     "build_attack",
     "defense_names",
     "detector_names",

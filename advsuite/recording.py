@@ -182,6 +182,11 @@ class RunRecorder:
             artifacts=artifacts,
         )
 
+    def finish_metrics(self, metrics: dict[str, Any], titles: dict[str, str], artifacts: dict[str, str]) -> None:
+        """Finish a run that is not one evaluation (e.g. an audit): its metrics and artifacts as they are."""
+        self.record.update(status="finished", names=self.names, metrics=metrics, metric_titles=titles,
+                           artifacts=artifacts)  # fmt: skip
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:

@@ -121,3 +121,18 @@ def test_a_run_with_a_detector_records_how_well_it_detects(readme_run, advsuite_
     assert metrics["detector_auroc"] > 0.8 and 0 <= metrics["detector_fpr"] <= 0.2
     assert metrics["undetected_success_rate"] <= metrics["success_rate"]
     assert "detector AUROC" in result.stdout
+
+
+def test_an_audit_run_writes_its_report_and_joins_the_leaderboard(readme_run, advsuite_home: Path) -> None:
+    args = ("task=audit", "defense=jpeg", "n_samples=12", "task.steps=5", "task.square_queries=30",
+            "task.decision_budget=60", "task.random_samples=5", "task.n_target_classes=2", "seed=8")  # fmt: skip
+    result = advsuite(advsuite_home, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (record,) = [r for r in records(advsuite_home) if r["seed"] == 8]
+    metrics = record["metrics"]
+    assert record["names"]["task"] == "audit" and record["names"]["defense"] == "jpeg"
+    assert metrics["robust_accuracy"] == min(metrics["robust_accuracy_by_attack"].values())
+    assert metrics["audit_flags"] == len(metrics["flags"]) and metrics["verdict"] in result.stdout
+    assert (Path(record["run_dir"]) / "audit.md").read_text().startswith("# Audit: smallcnn + jpeg on mnist5k")
+    board = advsuite(advsuite_home, "task=leaderboard", "task.dataset=mnist5k")
+    assert board.returncode == 0 and "audit" in board.stdout and "jpeg" in board.stdout

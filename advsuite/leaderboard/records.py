@@ -142,10 +142,11 @@ def eps_key(eps: float) -> float:
 
 
 def evaluate_records(records: Iterable[Mapping[str, Any]], dataset: str | None, norm: str | None) -> Iterator[RunView]:
-    """The runs every table is built from: finished ``evaluate`` records, of ``dataset`` and ``norm`` when given."""
+    """The runs every table is built from: finished ``evaluate`` and ``audit`` records (an audit is one column,
+    its lowest robust accuracy, with its flag count), of ``dataset`` and ``norm`` when given."""
     for record in records:
         run = RunView(upgrade_record({**record, "names": dict(record.get("names") or {})}))
-        if record.get("status") != "finished" or run.names.get("task", "evaluate") != "evaluate":
+        if record.get("status") != "finished" or run.names.get("task", "evaluate") not in ("evaluate", "audit"):
             continue
         if (dataset is not None and run.dataset != dataset) or (norm is not None and run.norm != norm):
             continue

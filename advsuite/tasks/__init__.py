@@ -1,4 +1,4 @@
-"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard, prior, face)."""
+"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard, audit, prior, face)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ TASKS = {
     "evaluate": "advsuite.tasks.evaluate:run_evaluate",
     "train": "advsuite.tasks.train:run_train",
     "leaderboard": "advsuite.tasks.leaderboard:run_leaderboard",
+    "audit": "advsuite.tasks.audit:run_audit",
     # the decision-based family's own task: fit a probe prior ahead of a sweep
     "prior": "advsuite.attacks.boundary.priors.task:run_prior",
     # the face family's own task: patches judged on held-out face embedders at a fixed FAR

@@ -150,6 +150,11 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             mse_threshold=cfg.task.mse_threshold,
             l2_threshold=cfg.task.l2_threshold,
         )
+        if defense is not None and defense.randomized and int(getattr(attack, "eot_iter", 1)) <= 1:
+            warnings.warn(f"defense {defense.name} is randomized and {names()['attack']} averages no gradients "
+                          "over it (EOT): the robust accuracy may be overstated; audit it (task=audit "
+                          "task.eot_iter=20) or use an attack with eot_iter", RuntimeWarning, stacklevel=1)  # fmt: skip
+            ev.metrics["randomized_defense_without_eot"] = True
         if detector is not None:
             success = torch.tensor(ev.per_sample["success"], dtype=torch.bool)
             ev.metrics.update(detection_step(detector, data.train, ev.x, ev.x_adv, ev.attacked, success, int(cfg.seed)))

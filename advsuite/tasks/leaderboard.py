@@ -41,7 +41,9 @@ def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
     if task.get("rebuild", False):
         rebuilt = store.rebuild()
         print(f"re-indexed {rebuilt} run(s) from {home}")
-    records = store.records(dataset=dataset, norm=norm, task="evaluate")
+    records = [
+        r for task_name in ("evaluate", "audit") for r in store.records(dataset=dataset, norm=norm, task=task_name)
+    ]
     rows = build_leaderboard(records, dataset=dataset, norm=norm, epsilon=None if epsilon is None else float(epsilon))
     query_rows = [] if epsilon is not None else build_query_table(records, dataset=dataset, norm=norm)
     if rows:
