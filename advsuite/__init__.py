@@ -10,9 +10,16 @@ The Python API in one import::
     report = advsuite.audit(model, x, y, defense=my_defense)       # an adaptive-attack audit (docs/audit.md)
 """
 
-from advsuite.api import attack_names, build_attack, defense_names, detector_names, evaluate_and_record, wrap_model
+from advsuite.api import (
+    attack_names,
+    audit,
+    build_attack,
+    defense_names,
+    detector_names,
+    evaluate_and_record,
+    wrap_model,
+)
 from advsuite.attack import Attack, AttackResult
-from advsuite.auditing import audit
 from advsuite.data import DataBundle, as_tensors, mnist5k
 from advsuite.evaluation import Evaluation, evaluate
 from advsuite.models import Classifier

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,6 +193,19 @@ def evaluate_and_record(
         if verbose:
             print(format_summary(recorder.names, ev.metrics, ev.metric_titles))
     return recorder.record
+
+
+#: the audit lives with the attacks it runs; the core names it by import path, as the task registry does
+AUDIT = "advsuite.attacks.audit"
+
+
+def audit(model: Classifier, x: torch.Tensor, y: torch.Tensor, **options: Any) -> Any:
+    """An adaptive-attack audit of ``model`` (behind ``defense=``) on ``x, y``: returns an ``AuditReport``
+    (``.verdict``, ``.summary()``, ``.markdown()``, ``.html()``, ``.write(folder)``). Options: ``defense``,
+    ``settings`` (``advsuite.attacks.audit.Settings``: norm, eps, steps, eot_iter, ...), ``surrogate`` (an
+    undefended model of another architecture), ``state_dir`` (resume), ``title``, ``verbose``.
+    See docs/audit.md."""
+    return importlib.import_module(AUDIT).audit(model, x, y, **options)
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import advsuite
-from advsuite.auditing import Settings, battery
+from advsuite.attacks.audit import Settings, battery
 from advsuite.data import DataBundle, as_tensors
 from advsuite.defenses import GaussianNoise
 from advsuite.models import Classifier

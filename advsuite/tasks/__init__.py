@@ -14,7 +14,7 @@ TASKS = {
     "evaluate": "advsuite.tasks.evaluate:run_evaluate",
     "train": "advsuite.tasks.train:run_train",
     "leaderboard": "advsuite.tasks.leaderboard:run_leaderboard",
-    "audit": "advsuite.tasks.audit:run_audit",
+    "audit": "advsuite.attacks.audit.task:run_audit",
     # the decision-based family's own task: fit a probe prior ahead of a sweep
     "prior": "advsuite.attacks.boundary.priors.task:run_prior",
     # the face family's own task: patches judged on held-out face embedders at a fixed FAR

@@ -17,7 +17,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from advsuite.auditing import Settings, audit
 from advsuite.data import DataBundle, as_tensors
 from advsuite.device import resolve_device
 from advsuite.models.surrogates import reference_spec
@@ -27,6 +26,8 @@ from advsuite.recording import RunRecorder, run_names
 from advsuite.seeding import seed_everything
 from advsuite.tasks.options import build_run_defense
 from advsuite.validation import check_choice, check_int, check_number
+
+from . import Settings, audit
 
 SETTINGS = ("norm", "eps", "steps", "eot_iter", "n_target_classes", "square_queries", "decision_budget",
             "random_samples", "long_factor")  # fmt: skip
