@@ -9,6 +9,7 @@ from advsuite.defenses.bit_depth import BitDepthReduction
 from advsuite.defenses.chain import Chain
 from advsuite.defenses.jpeg import JPEG
 from advsuite.defenses.median import MedianSmoothing
+from advsuite.defenses.perturbation_grading import PerturbationGrading
 from advsuite.defenses.randomization import GaussianNoise, RandomResizePad
 from advsuite.errors import ConfigError
 from advsuite.models.custom import call_import_path
@@ -34,6 +35,7 @@ __all__ = [
     "Chain",
     "GaussianNoise",
     "MedianSmoothing",
+    "PerturbationGrading",
     "RandomResizePad",
     "custom",
     "no_defense",

@@ -121,7 +121,8 @@ def test_every_defense_config_builds_and_custom_ones_load_by_import_path() -> No
     from advsuite.tasks.options import build_run_defense
 
     assert advsuite.defense_names() == [
-        "bit_depth", "chain", "custom", "gaussian_noise", "jpeg", "median", "none", "random_resize_pad"
+        "bit_depth", "chain", "custom", "gaussian_noise", "jpeg", "median", "none", "perturbation_grading",
+        "random_resize_pad",
     ]  # fmt: skip
     assert advsuite.detector_names() == ["custom", "feature_squeezing", "none"]
     for name in advsuite.defense_names():

@@ -144,3 +144,24 @@ def test_a_misbehaving_defense_is_named(tiny_model: Classifier, images: torch.Te
 def test_bad_defense_options(make, says: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=says):
         make()
+
+
+def test_the_noise_level_grades_perturbations_and_the_threshold_separates_them(mnist: DataBundle) -> None:
+    from advsuite.defenses import PerturbationGrading
+    from advsuite.defenses.perturbation_grading import calibrate_threshold, noise_level
+
+    x = as_tensors(mnist.test, 24)[0]
+    gen = torch.Generator().manual_seed(0)
+    levels = [
+        float(noise_level((x + s * torch.randn(x.shape, generator=gen)).clamp(0, 1)).mean()) for s in (0, 0.03, 0.1)
+    ]
+    assert levels == sorted(levels) and levels[2] > 3 * levels[1] > 0, levels
+    attacked = (x + 0.2 * torch.sign(torch.randn(x.shape, generator=gen))).clamp(0, 1)
+    threshold = calibrate_threshold(x[:12], attacked[:12])
+    grading = PerturbationGrading(threshold=threshold, dip_iters=5, dip_channels=8, flip=False)
+    assert bool(grading.grade(attacked[12:]).all()) and not bool(grading.grade(x[12:]).any())
+    out = grading(torch.cat([x[12:14], attacked[12:14]]))
+    assert out.shape == (4, 1, 28, 28) and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not grading.differentiable and torch.equal(PerturbationGrading(1.0).surrogate(x), x.flip(-1))
+    with pytest.raises(ConfigError, match="calibrate it on your data"):
+        PerturbationGrading(None)
