@@ -125,8 +125,10 @@ def run_audit(model: Classifier, x: torch.Tensor, y: torch.Tensor, defense: Any,
 def broken(dataset: str, args: argparse.Namespace, save: Any) -> None:
     model, data = victim(dataset, [], args)
     _, _, eps, bits, sigma = DATASETS[dataset]
+    eps = args.eps or eps
+    where = dataset if args.eps is None else f"{dataset}@{eps:g}"
     x, y = as_tensors(data.test, args.images)
-    save(f"broken/{dataset}/none", run_audit(model, x, y, None, settings(eps)))
+    save(f"broken/{where}/none", run_audit(model, x, y, None, settings(eps)))
     defenses: dict[str, tuple[Any, Classifier, int]] = {
         "jpeg": (JPEG(75), model, 1),
         "bit_depth": (BitDepthReduction(bits), model, 1),
@@ -139,7 +141,7 @@ def broken(dataset: str, args: argparse.Namespace, save: Any) -> None:
     for name, (defense, target, eot) in defenses.items():
         if args.only and name not in args.only:
             continue
-        save(f"broken/{dataset}/{name}", run_audit(target, x, y, defense, settings(eps, eot)))
+        save(f"broken/{where}/{name}", run_audit(target, x, y, defense, settings(eps, eot)))
 
 
 def robust(args: argparse.Namespace, save: Any) -> None:
@@ -180,12 +182,10 @@ def speed(args: argparse.Namespace, save: Any) -> None:
 
 def markdown(runs: dict[str, Any]) -> str:
     lines = []
-    for dataset in DATASETS:
-        keys = [k for k in runs if k.startswith(f"broken/{dataset}/")]
-        if not keys:
-            continue
-        base = runs.get(f"broken/{dataset}/none", {}).get("lowest_robust_accuracy")
-        lines += [f"### Known-broken defenses, {dataset}", "",
+    for where in sorted({k.split("/")[1] for k in runs if k.startswith("broken/")}):
+        keys = [k for k in runs if k.startswith(f"broken/{where}/")]
+        base = runs.get(f"broken/{where}/none", {}).get("lowest_robust_accuracy")
+        lines += [f"### Known-broken defenses, {where}", "",
                   "| defense | naive PGD | audit lowest (attack) | undefended lowest | flags | time |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for k in keys:
@@ -212,6 +212,7 @@ def main() -> None:
     parser.add_argument("--dataset", action="append", help="mnist | cifar10 (default both)")
     parser.add_argument("--only", action="append", help="broken: only these defenses (plus the undefended row)")
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--eps", type=float, default=None, help="broken: this eps instead of the dataset's")
     parser.add_argument("--json", type=Path, default=Path("bench/results/audit.json"))
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()

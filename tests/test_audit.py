@@ -15,8 +15,6 @@ from advsuite.data import DataBundle, as_tensors
 from advsuite.defenses import GaussianNoise
 from advsuite.models import Classifier
 
-pytestmark = pytest.mark.numerics
-
 CHEAP = Settings(eps=0.1, steps=10, n_target_classes=3, square_queries=100, decision_budget=150, random_samples=10)
 
 
@@ -36,6 +34,7 @@ def images(mnist: DataBundle) -> tuple[torch.Tensor, torch.Tensor]:
     return as_tensors(mnist.test, 40)
 
 
+@pytest.mark.numerics
 def test_the_audit_breaks_a_saturated_softmax(tiny_model: Classifier, images: tuple[torch.Tensor, torch.Tensor]):
     x, y = images
     masked = Classifier(Saturated(tiny_model), num_classes=10, input_shape=(1, 28, 28), name="saturated")

@@ -5,7 +5,7 @@ Wagner (ICML 2018; obfuscated gradients), AutoAttack's automatic flags (Croce & 
 *Indicators of Attack Failure* (NeurIPS 2022): silent success and incomplete optimisation are theirs.
 
 A comparison between attacks counts images, not rates: "black-box beats white-box" means some images fell
-to a black-box attack that no white-box attack broke, more than ``max(1, 1% of n)`` of them.
+to a black-box attack that no white-box attack broke, more than ``max(2, 2% of n)`` of them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from advsuite.models.classifier import Classifier
 
 from .battery import Stage
 
-#: a flag needs more images than this share of the sample (and at least one)
-MARGIN_SHARE = 0.01
+#: a comparison flags when more images than this share of the sample (and at least two) differ: one image
+#: either way is within the noise of restarts on a robust model
+MARGIN_SHARE = 0.02
 #: robust accuracy left at an unbounded epsilon above this is a flag
 UNBOUNDED_MAX = 0.05
 #: a naive evaluation this much above the lowest found is a flag
@@ -41,7 +42,7 @@ class Check:
 
 
 def _margin(n: int) -> int:
-    return max(1, int(MARGIN_SHARE * n))
+    return max(2, int(MARGIN_SHARE * n))
 
 
 def output_checks(model: Classifier, x: torch.Tensor, eot_iter: int, declared_random: bool) -> list[Check]:
@@ -119,11 +120,13 @@ def convergence_checks(stages: dict[str, Stage]) -> list[Check]:
     traces = stages["pgd"].details.get("loss_trace", [])
     failed = [t for t, robust in zip(traces, stages["pgd"].robust, strict=True) if robust]
     incomplete = incomplete_share(failed)
+    mattered = gained > _margin(n)  # more steps then broke more images: the unfinished optimisation mattered
     evidence = (
         f"{incomplete:.0%} of the {len(failed)} images PGD failed on: the loss still moved by > {INCOMPLETE_DELTA} "
-        "(rescaled) over the last 10 steps (flag above 10%)"
+        f"(rescaled) over the last 10 steps; more steps and restarts {'did' if mattered else 'did not'} break "
+        "more images (flag when above 10% and they did)"
     )
-    checks.append(Check("incomplete optimisation", incomplete > 0.1, evidence))
+    checks.append(Check("incomplete optimisation", incomplete > 0.1 and mattered, evidence))
     values = list(stages["unbounded"].details.get("curve", {}).values())[:-1]
     rises = [b - a for a, b in itertools.pairwise(values) if b - a > 1.0 / max(1, n)]
     evidence = "PGD robust accuracy at ε × 0.25, 0.5, 1, 2: " + ", ".join(f"{v:.3f}" for v in values)
@@ -149,7 +152,14 @@ def incomplete_share(trace: list[list[float]]) -> float:
     return float((moved > INCOMPLETE_DELTA).double().mean())
 
 
-def naive_gap_check(stages: dict[str, Stage], lowest: float) -> Check:
+def naive_gap_check(stages: dict[str, Stage]) -> Check:
+    """Naive PGD against the same PGD made defense-aware (BPDA) or given a logit loss (margin): a gap here is
+    the defense hiding from the naive evaluation, not a stronger attack being stronger (APGD-T beats PGD-CE by
+    several points on an undefended model too)."""
     naive = stages["pgd_naive"].accuracy
-    return Check("naive evaluation gap", naive - lowest > NAIVE_GAP, f"naive PGD (autograd through the defense) "
-                 f"{naive:.3f} vs the lowest found {lowest:.3f} (flag above a {NAIVE_GAP} gap)")  # fmt: skip
+    aware = min(stages["pgd"].accuracy, stages["pgd_margin"].accuracy)
+    evidence = (
+        f"naive PGD (autograd through the defense, cross-entropy) {naive:.3f} vs the same PGD through BPDA or with "
+        f"the margin loss {aware:.3f} (flag above a {NAIVE_GAP} gap)"
+    )
+    return Check("naive evaluation gap", naive - aware > NAIVE_GAP, evidence)
