@@ -34,7 +34,6 @@ def images(mnist: DataBundle) -> tuple[torch.Tensor, torch.Tensor]:
     return as_tensors(mnist.test, 40)
 
 
-@pytest.mark.numerics
 def test_the_audit_breaks_a_saturated_softmax(tiny_model: Classifier, images: tuple[torch.Tensor, torch.Tensor]):
     x, y = images
     masked = Classifier(Saturated(tiny_model), num_classes=10, input_shape=(1, 28, 28), name="saturated")

@@ -165,3 +165,24 @@ def test_the_noise_level_grades_perturbations_and_the_threshold_separates_them(m
     assert not grading.differentiable and torch.equal(PerturbationGrading(1.0).surrogate(x), x.flip(-1))
     with pytest.raises(ConfigError, match="calibrate it on your data"):
         PerturbationGrading(None)
+
+
+def test_a_randomized_defense_without_eot_is_noted_and_an_unknown_one_lists_the_choices() -> None:
+    from hydra.errors import ConfigCompositionException
+
+    from advsuite.attacks.whitebox import APGD, PGD
+    from advsuite.tasks.evaluate import note_randomized_without_eot
+
+    metrics: dict[str, object] = {}
+    with pytest.warns(RuntimeWarning, match="is randomized.*task=audit"):
+        note_randomized_without_eot(GaussianNoise(0.1), PGD(eps=0.1), metrics)
+    assert metrics == {"randomized_defense_without_eot": True}
+    note_randomized_without_eot(GaussianNoise(0.1), APGD(eps=0.1, eot_iter=20), quiet := {})
+    note_randomized_without_eot(JPEG(), PGD(eps=0.1), quiet)
+    assert quiet == {}
+    with (
+        pytest.raises(ConfigCompositionException, match="no_such_defense") as info,
+        initialize_config_module(config_module="advsuite.conf", version_base="1.3"),
+    ):
+        compose(config_name="config", overrides=["defense=no_such_defense"])
+    assert "jpeg" in str(info.value) and "perturbation_grading" in str(info.value)

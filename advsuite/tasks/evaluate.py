@@ -71,6 +71,15 @@ def warn_if_unmixed(y: torch.Tensor, num_classes: int, dataset: str) -> None:
         )
 
 
+def note_randomized_without_eot(defense: Defense | None, attack: Attack, metrics: dict[str, Any]) -> None:
+    """A randomized defense attacked without EOT: warn, and say so in the record's metrics."""
+    if defense is not None and defense.randomized and int(getattr(attack, "eot_iter", 1)) <= 1:
+        warnings.warn(f"defense {defense.name} is randomized and the attack averages no gradients over it (EOT): "
+                      "the robust accuracy may be overstated; audit it (task=audit task.eot_iter=20) or use an "
+                      "attack with eot_iter", RuntimeWarning, stacklevel=2)  # fmt: skip
+        metrics["randomized_defense_without_eot"] = True
+
+
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The evaluate task; returns the record (also written to the run directory and indexed)."""
     home = advsuite_home(cfg.paths.home)
@@ -150,11 +159,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             mse_threshold=cfg.task.mse_threshold,
             l2_threshold=cfg.task.l2_threshold,
         )
-        if defense is not None and defense.randomized and int(getattr(attack, "eot_iter", 1)) <= 1:
-            warnings.warn(f"defense {defense.name} is randomized and {names()['attack']} averages no gradients "
-                          "over it (EOT): the robust accuracy may be overstated; audit it (task=audit "
-                          "task.eot_iter=20) or use an attack with eot_iter", RuntimeWarning, stacklevel=1)  # fmt: skip
-            ev.metrics["randomized_defense_without_eot"] = True
+        note_randomized_without_eot(defense, attack, ev.metrics)
         if detector is not None:
             success = torch.tensor(ev.per_sample["success"], dtype=torch.bool)
             ev.metrics.update(detection_step(detector, data.train, ev.x, ev.x_adv, ev.attacked, success, int(cfg.seed)))
