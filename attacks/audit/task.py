@@ -24,6 +24,7 @@ from advsuite.models.zoo import load_model
 from advsuite.paths import advsuite_home
 from advsuite.recording import RunRecorder, run_names
 from advsuite.seeding import seed_everything
+from advsuite.tasks.evaluate import warn_if_unmixed
 from advsuite.tasks.options import build_run_defense
 from advsuite.validation import check_choice, check_int, check_number
 
@@ -69,6 +70,7 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
         if cfg.task.surrogate:
             surrogate = load_model(reference_spec(cfg.task.surrogate), data, **zoo)
         x, y = as_tensors(data.test, int(cfg.n_samples))
+        warn_if_unmixed(y, data.num_classes, data.name)
         report = audit(model, x, y, defense=defense, settings=settings, surrogate=surrogate,
                        state_dir=home / "audits" / recorder.record["config_hash"], title=f"{names['model']} + "
                        f"{names['defense']} on {names['dataset']}", verbose=bool(cfg.verbose))  # fmt: skip

@@ -151,9 +151,28 @@ class _AutoPGD(FixedEpsilonAttack):
         queries: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All restarts at one epsilon (each epsilon starts from the same seed)."""
-        gen = make_generator(self.seed, x.device)
         best, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         best_loss = torch.full((len(x),), float("-inf"), device=x.device)
+        self.restarts_on(
+            model, x, y, targets, eps, make_generator(self.seed, x.device), queries, best, fooled, best_loss
+        )
+        return best, fooled
+
+    def restarts_on(
+        self,
+        model: Classifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: torch.Tensor | None,
+        eps: float,
+        gen: torch.Generator,
+        queries: torch.Tensor,
+        best: torch.Tensor,
+        fooled: torch.Tensor,
+        best_loss: torch.Tensor,
+    ) -> None:
+        """``restarts`` runs on the images not yet fooled, keeping in place each image's first adversarial point
+        (or its highest-loss one) in ``best``, ``fooled`` and ``best_loss``."""
         for _ in range(self.restarts):
             active = (~fooled).nonzero().squeeze(1)
             if len(active) == 0:
@@ -164,7 +183,6 @@ class _AutoPGD(FixedEpsilonAttack):
             better = success | (loss > best_loss[active])
             keep = active[better]
             best[keep], fooled[keep], best_loss[keep] = x_adv[better], success[better], loss[better]
-        return best, fooled
 
     def value_and_grad(
         self, model: Classifier, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
@@ -281,19 +299,10 @@ class APGDT(_AutoPGD):
         best, fooled = x.clone(), ranked[:, 0] != y  # a clean misclassification needs no attack
         best_loss = torch.full((len(x),), float("-inf"), device=x.device)
         for k in range(1, min(self.n_target_classes, model.num_classes - 1) + 1):
-            active = (~fooled).nonzero().squeeze(1)
-            if len(active) == 0:
+            if bool(fooled.all()):
                 break
             gen = make_generator(self.seed + k, x.device)
-            for _ in range(self.restarts):
-                todo = active[~fooled[active]]
-                if len(todo) == 0:
-                    break
-                x_adv, success, loss = self.perturb(model, x[todo], y[todo], ranked[todo, k], eps, gen)
-                queries[todo] += (self.steps + 1) * self.eot_iter
-                better = success | (loss > best_loss[todo])
-                keep = todo[better]
-                best[keep], fooled[keep], best_loss[keep] = x_adv[better], success[better], loss[better]
+            self.restarts_on(model, x, y, ranked[:, k], eps, gen, queries, best, fooled, best_loss)
         return best, fooled
 
     @staticmethod
