@@ -11,8 +11,13 @@ Sections (``--section``, default all):
   20% kept, fine-tuned one epoch; Xiao et al., ICLR 2020) and a softmax-saturating model (logits × 1000). For
   each: naive PGD's robust accuracy, the audit's lowest (and which attack found it), its flags, and the
   undefended model's lowest under the same audit. Randomized defenses are audited with ``eot_iter`` 20.
-- ``robust``: ``train=pgd_at`` and ``trades`` MNIST models (ε 0.3, CPU-sized recipes below): the audit's flags
-  and lowest robust accuracy against our AutoAttack and torchattacks' on the same images.
+- ``robust``: ``train=pgd_at``, ``trades`` and ``fast_at`` models on MNIST (ε 0.3) and CIFAR-10 (ε 8/255), at the
+  CPU-sized recipes of ``ROBUST``: training time per epoch, clean accuracy, our AutoAttack and torchattacks' on
+  the same images, and (PGD-AT and TRADES: the no-false-alarm check) the audit's flags and lowest robust accuracy.
+- ``grading``: the perturbation-grading defense (``conf/defense/perturbation_grading.yaml``) on CIFAR-10: clean
+  accuracy, the paper's non-adaptive protocol (PGD on the undefended model, evaluated through the defense) at
+  2/255, 4/255 and 8/255, the adaptive attack (PGD through the defense, BPDA through JPEG and the deep image
+  prior; the flip is deterministic, so no EOT is needed), and the defense's compute time per image.
 - ``speed``: our AutoAttack vs ``torchattacks.AutoAttack`` (standard, with FAB-T) on the same model and
   images: robust accuracy and wall time, as a ratio.
 
@@ -38,7 +43,7 @@ from torch import nn
 
 import advsuite
 from advsuite.attacks.audit import Settings
-from advsuite.attacks.whitebox import AutoAttack
+from advsuite.attacks.whitebox import PGD, AutoAttack
 from advsuite.configs import plugin_overrides
 from advsuite.data import as_tensors
 from advsuite.defenses import JPEG, BitDepthReduction, GaussianNoise, MedianSmoothing, RandomResizePad
@@ -53,12 +58,22 @@ DATASETS: dict[str, tuple[str, list[str], float, int, float]] = {
     "mnist": ("mnist", ["train.epochs=3"], 0.3, 1, 0.1),
     "cifar10": ("cifar10_npz", ["train.epochs=5"], 8 / 255, 4, 0.03),
 }
-#: CPU-sized robust recipes on MNIST (ε 0.3): 3 epochs, PGD 10 steps of 0.075 (2.5·ε/steps)
-ROBUST = {
-    "pgd_at": ["train=pgd_at", "train.epochs=3", "train.adv_eps=0.3", "train.adv_steps=10", "train.adv_step_size=null"],
-    "trades": ["train=trades", "train.epochs=3", "train.adv_eps=0.3", "train.adv_steps=10", "train.adv_step_size=null",
-               "train.trades_beta=6.0"],
+#: CPU-sized robust recipes. MNIST (ε 0.3): 3 epochs on a 20k subset, attacks of 10 steps of 2.5·ε/10 (Madry:
+#: 40 steps of 0.01, ~100 epochs). CIFAR-10 (ε 8/255): 5 epochs on a 10k subset, 7 steps of 2/255 (Madry/Rice:
+#: 7–10 steps, 100–200 epochs of a ResNet/WRN). fast_at: FGSM from a random start, step 1.25·ε (Wong et al.).
+_MNIST = ["train.epochs=3", "train.train_subset=20000", "train.adv_eps=0.3"]
+_CIFAR = ["train.epochs=5", "train.train_subset=10000"]
+ROBUST: dict[str, dict[str, list[str]]] = {
+    "mnist": {
+        "pgd_at": ["train=pgd_at", *_MNIST, "train.adv_steps=10", "train.adv_step_size=null"],
+        "trades": ["train=trades", *_MNIST, "train.adv_steps=10", "train.adv_step_size=null", "train.trades_beta=6.0"],
+        "fast_at": ["train=fast_at", *_MNIST],
+    },
+    "cifar10": {"pgd_at": ["train=pgd_at", *_CIFAR], "trades": ["train=trades", *_CIFAR],
+                "fast_at": ["train=fast_at", *_CIFAR]},
 }  # fmt: skip
+#: the perturbation-grading protocol's budgets (L∞, CIFAR-10)
+GRADING_EPS = (2 / 255, 4 / 255, 8 / 255)
 
 
 class KWTA(nn.Module):
@@ -144,21 +159,71 @@ def broken(dataset: str, args: argparse.Namespace, save: Any) -> None:
         save(f"broken/{where}/{name}", run_audit(target, x, y, defense, settings(eps, eot)))
 
 
+def train_seconds_per_epoch(model: Classifier) -> float:
+    recipe: Any = model.info.get("recipe") or {}
+    return float(model.info.get("train_seconds") or 0.0) / max(1, int(recipe.get("epochs", 1)))  # type: ignore[arg-type]
+
+
 def robust(args: argparse.Namespace, save: Any) -> None:
     import torchattacks
 
-    for name, extra in ROBUST.items():
-        start = time.perf_counter()
-        model, data = victim("mnist", extra, args)
-        x, y = as_tensors(data.test, args.images)
-        row = run_audit(model, x, y, None, settings(0.3))
-        keep = model.predict(x) == y
-        ours = AutoAttack(eps=0.3)(model, x[keep], y[keep]).x_adv
-        theirs = torchattacks.AutoAttack(model, norm="Linf", eps=0.3, n_classes=10, seed=0)(x[keep], y[keep])
-        row |= {"autoattack": float((model.predict(ours) == y[keep]).float().mean()),
-                "torchattacks": float((model.predict(theirs) == y[keep]).float().mean()),
-                "train_info": model.info.get("train_seconds"), "total_s": time.perf_counter() - start}  # fmt: skip
-        save(f"robust/mnist/{name}", row)
+    for dataset in args.dataset:
+        eps = DATASETS[dataset][2]
+        for name, extra in ROBUST[dataset].items():
+            if args.only and name not in args.only:
+                continue
+            model, data = victim(dataset, extra, args)
+            x, y = as_tensors(data.test, args.images)
+            clean = model.predict(x) == y
+            row: dict[str, Any] = {"eps": eps, "recipe": extra, "n": len(x),
+                                   "clean_accuracy": float(clean.float().mean()),
+                                   "clean_accuracy_full": model.info.get("clean_accuracy"),
+                                   "train_s_per_epoch": train_seconds_per_epoch(model)}  # fmt: skip
+            if name != "fast_at":  # the no-false-alarm check
+                row |= run_audit(model, x, y, None, settings(eps))
+            xs, ys = x[clean], y[clean]
+            t0 = time.perf_counter()
+            ours = AutoAttack(eps=eps)(model, xs, ys).x_adv
+            t1 = time.perf_counter()
+            theirs = torchattacks.AutoAttack(model, norm="Linf", eps=eps, n_classes=10, seed=0)(xs, ys)
+            t2 = time.perf_counter()
+            n = len(x)  # robust accuracy over all images: misclassified ones count as broken
+            row |= {"autoattack": float((model.predict(ours) == ys).sum()) / n,
+                    "torchattacks": float((model.predict(theirs) == ys).sum()) / n,
+                    "ours_s": t1 - t0, "theirs_s": t2 - t1}  # fmt: skip
+            save(f"robust/{dataset}/{name}", row)
+
+
+def grading(args: argparse.Namespace, save: Any) -> None:
+    from advsuite.defense import defend
+
+    model, data = victim("cifar10", [], args)
+    cfg = compose("config", plugin_overrides(["dataset=cifar10_npz", "defense=perturbation_grading"]))
+    defense = instantiate(cfg.defense)
+    x, y = as_tensors(data.test, args.images)
+    defended = defend(model, defense)  # white-box attacks pass JPEG and the DIP by BPDA
+    t0 = time.perf_counter()
+    clean_defended = float((defended.predict(x) == y).float().mean())
+    row: dict[str, Any] = {"n": len(x), "threshold": defense.threshold, "dip_iters": defense.dip_iters,
+                           "steps": args.grading_steps, "clean_accuracy": float((model.predict(x) == y).float().mean()),
+                           "clean_defended": clean_defended, "s_per_image_clean": (time.perf_counter() - t0) / len(x),
+                           "graded_large_clean": float(defense.grade(x).float().mean()), "by_eps": {}}  # fmt: skip
+    for eps in GRADING_EPS:
+        attack = PGD(eps=eps, steps=args.grading_steps, seed=0)
+        x_adv = attack(model, x, y).x_adv  # the paper's protocol: attack the undefended model ...
+        t0 = time.perf_counter()
+        through = defended.predict(x_adv) == y  # ... and evaluate through the defense
+        seconds = (time.perf_counter() - t0) / len(x)
+        t0 = time.perf_counter()
+        adaptive = attack(defended, x, y).x_adv  # adaptive: PGD through the defense (BPDA)
+        adaptive_s = time.perf_counter() - t0
+        row["by_eps"][f"{eps:.6g}"] = {
+            "undefended": float((model.predict(x_adv) == y).float().mean()),
+            "non_adaptive": float(through.float().mean()),
+            "adaptive": float((defended.predict(adaptive) == y).float().mean()),  # a fresh re-check
+            "graded_large": float(defense.grade(x_adv).float().mean()),
+            "s_per_image_attacked": seconds, "adaptive_s": adaptive_s}  # fmt: skip
+        save("grading/cifar10/perturbation_grading", row)
 
 
 def speed(args: argparse.Namespace, save: Any) -> None:
@@ -194,8 +259,35 @@ def markdown(runs: dict[str, Any]) -> str:
                          f"({r['lowest_attack']}) | {base if base is None else f'{base:.3f}'} | "
                          f"{', '.join(r['flags']) or 'none'} | {r['wall_s']:.0f} s |")  # fmt: skip
         lines.append("")
+    robust_rows = {k: r for k, r in runs.items() if k.startswith("robust/") and "eps" in r}
+    if robust_rows:
+        lines += ["### Robust training: no false alarm, AutoAttack cross-check", "",
+                  "| model | ε | train s/epoch | clean (n / full test) | audit lowest (attack) | flags | our AA | "
+                  "torchattacks AA | AA time ours / theirs |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for k, r in robust_rows.items():
+            audit = (f"{r['lowest_robust_accuracy']:.3f} ({r['lowest_attack']})", ", ".join(r["flags"]) or "none")
+            full = r.get("clean_accuracy_full")
+            lines.append(f"| {k.split('/', 1)[1]} | {r['eps']:.4g} | {r['train_s_per_epoch']:.0f} | "
+                         f"{r['clean_accuracy']:.3f} / {'–' if full is None else f'{full:.3f}'} | "
+                         f"{audit[0] if 'flags' in r else '–'} | {audit[1] if 'flags' in r else '–'} | "
+                         f"{r['autoattack']:.3f} | {r['torchattacks']:.3f} | "
+                         f"{r['ours_s']:.0f} / {r['theirs_s']:.0f} s |")  # fmt: skip
+        lines.append("")
+    if (g := runs.get("grading/cifar10/perturbation_grading")) is not None:
+        lines += [f"### Perturbation grading, CIFAR-10 ({g['n']} images, threshold {g['threshold']:g}, DIP "
+                  f"{g['dip_iters']} steps, PGD {g['steps']} steps)", "",
+                  f"Clean accuracy {g['clean_accuracy']:.3f} undefended, {g['clean_defended']:.3f} through the defense "
+                  f"({g['graded_large_clean']:.0%} of clean images graded large; {g['s_per_image_clean']:.2f} s per "
+                  "clean image).", "",
+                  "| ε | undefended | non-adaptive (paper's protocol) | adaptive (BPDA) | graded large | "
+                  "defense s/image | adaptive attack time |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for eps, r in g["by_eps"].items():
+            lines.append(f"| {float(eps) * 255:.0f}/255 | {r['undefended']:.3f} | {r['non_adaptive']:.3f} | "
+                         f"{r['adaptive']:.3f} | {r['graded_large']:.0%} | {r['s_per_image_attacked']:.2f} | "
+                         f"{r['adaptive_s']:.0f} s |")  # fmt: skip
+        lines.append("")
     for k, r in runs.items():
-        if k.startswith("robust/"):
+        if k.startswith("robust/") and "eps" not in r:  # rows of the first, MNIST-only robust section
             lines.append(f"- {k}: clean {r['clean_accuracy']:.3f}, audit lowest {r['lowest_robust_accuracy']:.3f} "
                          f"({r['lowest_attack']}), flags {r['flags'] or 'none'}, our AutoAttack {r['autoattack']:.3f}, "
                          f"torchattacks {r['torchattacks']:.3f}")  # fmt: skip
@@ -208,9 +300,12 @@ def markdown(runs: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", action="append", help="broken | robust | speed (default all)")
+    parser.add_argument("--section", action="append", help="broken | robust | grading | speed (default all)")
     parser.add_argument("--dataset", action="append", help="mnist | cifar10 (default both)")
-    parser.add_argument("--only", action="append", help="broken: only these defenses (plus the undefended row)")
+    parser.add_argument("--only", action="append", help="broken: only these defenses (plus the undefended row); "
+                        "robust: only these recipes")  # fmt: skip
+    parser.add_argument("--grading-steps", type=int, default=20, help="grading: PGD steps (each adaptive one runs "
+                        "the deep image prior on every image graded large)")  # fmt: skip
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--eps", type=float, default=None, help="broken: this eps instead of the dataset's")
     parser.add_argument("--json", type=Path, default=Path("bench/results/audit.json"))
@@ -229,13 +324,15 @@ def main() -> None:
         print(key, {k: v for k, v in row.items() if k in ("naive_robust_accuracy", "lowest_robust_accuracy",
               "lowest_attack", "flags", "wall_s", "autoattack", "torchattacks", "ours_s", "theirs_s")})  # fmt: skip
 
-    sections = args.section or ["broken", "robust", "speed"]
+    sections = args.section or ["broken", "robust", "grading", "speed"]
     with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
         if "broken" in sections:
             for dataset in args.dataset:
                 broken(dataset, args, save)
         if "robust" in sections:
             robust(args, save)
+        if "grading" in sections:
+            grading(args, save)
         if "speed" in sections:
             speed(args, save)
     print(markdown(runs))

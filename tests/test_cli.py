@@ -135,4 +135,5 @@ def test_an_audit_run_writes_its_report_and_joins_the_leaderboard(readme_run, ad
     assert metrics["audit_flags"] == len(metrics["flags"]) and metrics["verdict"] in result.stdout
     assert (Path(record["run_dir"]) / "audit.md").read_text().startswith("# Audit: smallcnn + jpeg on mnist5k")
     board = advsuite(advsuite_home, "task=leaderboard", "task.dataset=mnist5k")
-    assert board.returncode == 0 and "audit" in board.stdout and "jpeg" in board.stdout
+    assert board.returncode == 0 and "audit robust acc." in board.stdout and "jpeg" in board.stdout
+    assert "Audit report" in board.stdout and str(Path(record["run_dir"]) / "audit.html") in board.stdout

@@ -501,3 +501,30 @@ def test_a_record_is_read_through_one_typed_view_in_todays_words() -> None:
     assert run.targeted and run.metric("robust_accuracy") == 0.4 and run.metric("no_such_metric") is None
     assert run.versions == "advsuite 0.1.0 / torch 2.4.0" and run.order[0] > 0
     assert list(evaluate_records([old], dataset="mnist5k", norm="l2")) == []
+
+
+def test_an_audited_row_is_marked_and_links_its_report() -> None:
+    def audit(run_id: str, defense: str, robust: float, flags: list[str], created: str) -> dict[str, Any]:
+        out = rec(run_id, "a", "audit", robust, defense=defense, created=created, flags=flags)
+        out["names"]["task"] = "audit"
+        return {**out, "run_dir": f"/runs/{run_id}", "artifacts": {"report": "audit.md", "report_html": "audit.html"}}
+
+    board = [
+        rec("a-pgd", "a", "pgd", 0.9, defense="jpeg"),
+        audit("a-audit-old", "jpeg", 0.5, [], "2024-04-01T00:00:00+00:00"),
+        audit("a-audit", "jpeg", 0.1, ["naive gap", "transfer"], "2024-05-02T00:00:00+00:00"),
+        rec("a-plain", "a", "pgd", 0.2),
+        audit("a-clean", "none", 0.15, [], "2024-05-02T00:00:00+00:00"),
+    ]
+    rows = {r["defense"]: r for r in build_leaderboard(board, dataset="mnist5k")}
+    jpeg, plain = rows["jpeg"], rows["none"]
+    # the latest audit decides the mark, and its lowest robust accuracy is the row's worst case
+    assert jpeg["audit"] == "unreliable: naive gap, transfer" and jpeg["worst_case"] == 0.1
+    assert jpeg["worst_attack"] == "audit" and jpeg["audit_report"] == "/runs/a-audit/audit.html"
+    assert plain["audit"] == "no flag"
+    md = render_markdown(list(rows.values()))
+    assert "| Audit | Audit report |" in md and "unreliable: naive gap, transfer" in md
+    page = render_html(list(rows.values()))
+    assert '<a href="file:///runs/a-audit/audit.html">report</a>' in page
+    # rows without an audit get no audit columns at all
+    assert "Audit" not in render_markdown(build_leaderboard(records(), dataset="mnist5k"))

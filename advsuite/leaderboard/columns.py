@@ -32,6 +32,13 @@ _WORST = _Column("worst_case_robust_accuracy", "Worst-case robust acc.", lambda 
 _WORST_ATTACK = _Column("worst_attack", "Worst attack", lambda r: r["worst_attack"], "text", False)
 _N = _Column("n_examples", "n", lambda r: r["n_examples"], "count")
 _DATE = _Column("date", "Date", lambda r: r["date"], "text", False)
+# an audited row: RobustBench's "potentially unreliable" mark, and the report (a link on the HTML page)
+_AUDIT = _Column("audit", "Audit", lambda r: r["audit"], "text", False)
+_REPORT = _Column("audit_report", "Audit report", lambda r: r["audit_report"], "link", False)
+
+
+def _audit_columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
+    return [_AUDIT, _REPORT] if any(row["audit"] is not None for row in rows) else []
 
 
 def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
@@ -60,6 +67,7 @@ def columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
             header = title if title.split()[0] == a else f"{a} {title}"
             cols.append(_Column(f"{metric}:{a}", header, _extra_getter(metric, a), "acc"))
     cols += [
+        *_audit_columns(rows),
         _N,
         _Column("median_queries", "Queries", lambda r: r["queries"], "queries", False),
         _DATE,
@@ -73,7 +81,7 @@ def ranking_columns(rows: Sequence[LeaderboardRow]) -> list[_Column]:
     each attack gets one column, its robust accuracy, only when it ran in this block."""
     robust = sorted({a for row in rows for a in row["robust_accuracy"]})
     per_attack = [_Column(f"robust_accuracy:{a}", a, _getter("robust_accuracy", a), "acc") for a in robust]
-    return [_RANK, _MODEL, _DEFENSE, _CLEAN, _WORST, _WORST_ATTACK, *per_attack, _N, _DATE]
+    return [_RANK, _MODEL, _DEFENSE, _CLEAN, _WORST, _WORST_ATTACK, *per_attack, *_audit_columns(rows), _N, _DATE]
 
 
 def detail_columns(details: Sequence[DetailRow]) -> list[_Column]:

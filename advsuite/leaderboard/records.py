@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from advsuite.results.record import finite_number, upgrade_record
@@ -116,6 +117,15 @@ class RunView:
     @property
     def metric_titles(self) -> dict[str, str]:
         return metric_titles(self.record)
+
+    @property
+    def is_audit(self) -> bool:
+        return self.names.get("task") == "audit"
+
+    def artifact(self, name: str) -> str | None:
+        """The path of the record's artifact ``name`` (inside its run folder), or ``None``."""
+        artifact, run_dir = (self.record.get("artifacts") or {}).get(name), self.record.get("run_dir")
+        return str(Path(str(run_dir)) / str(artifact)) if artifact and run_dir else None
 
     def metric(self, key: str) -> float | None:
         """A scalar metric (``None`` when absent or not a finite number)."""

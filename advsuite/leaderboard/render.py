@@ -7,6 +7,7 @@ import html
 import importlib.resources
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from string import Template
 from typing import Any
 
@@ -96,7 +97,7 @@ def _html_table(cols: Sequence[_Column], rows: Sequence[Any]) -> str:
     for row in rows:
         cells = "".join(
             f'<td class="{"num" if c.numeric else "txt"}" data-value="{html.escape(_raw(c.get(row), c.kind))}">'
-            f"{html.escape(_format(c.get(row), c.kind))}</td>"
+            f"{_html_cell(c.get(row), c.kind)}</td>"
             for c in cols
         )
         body.append(f"<tr>{cells}</tr>")
@@ -105,6 +106,12 @@ def _html_table(cols: Sequence[_Column], rows: Sequence[Any]) -> str:
         + "\n".join(body)
         + "\n</tbody>\n</table>\n"
     )
+
+
+def _html_cell(value: Any, kind: str) -> str:
+    if kind == "link" and value:
+        return f'<a href="{html.escape(Path(value).absolute().as_uri())}">report</a>'
+    return html.escape(_format(value, kind))
 
 
 def render_csv(rows: Sequence[LeaderboardRow]) -> str:

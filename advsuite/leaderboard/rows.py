@@ -29,6 +29,9 @@ class LeaderboardRow(TypedDict):
     #: the attacks' own leaderboard metrics, metric -> attack -> value, and their column titles
     extra: dict[str, dict[str, float | None]]
     extra_titles: dict[str, str]
+    #: the latest audit's flags ("no flag" or "unreliable: <checks>") and its HTML report; None without an audit
+    audit: str | None
+    audit_report: str | None
     n_examples: int | None
     date: str | None
     versions: str
@@ -87,6 +90,8 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
     for own in declared.values():
         for metric, title in own.items():
             titles.setdefault(metric, title)
+    audits = [e.run for e in entries.values() if e.run.is_audit]
+    audit = max(audits, key=lambda run: run.order) if audits else None
     counts = [e.run.metric("n_examples") for e in entries.values()]
     known = [n for n in counts if n is not None]
     return LeaderboardRow(
@@ -108,12 +113,20 @@ def _make_row(key: tuple[str, str, str, str, float | None], entries: dict[str, _
             for m in titles
         },
         extra_titles=titles,
+        audit=None if audit is None else _audit_verdict(audit),
+        audit_report=None if audit is None else audit.artifact("report_html") or audit.artifact("report"),
         # the smallest sample behind any number in the row: the row is only as solid as that
         n_examples=int(min(known)) if known else None,
         date=latest.created[:10] or None,
         versions="; ".join(sorted({e.run.versions for e in entries.values()} - {""})),
         run_ids=sorted(e.run.run_id for e in entries.values()),
     )
+
+
+def _audit_verdict(run: RunView) -> str:
+    """RobustBench's "potentially unreliable" mark, with the checks that flagged."""
+    flags = (run.record.get("metrics") or {}).get("flags") or []
+    return "unreliable: " + ", ".join(str(f) for f in flags) if flags else "no flag"
 
 
 def _rank(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
