@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -241,3 +241,26 @@ class FixedEpsilonAttack(Attack):
         """For ``__post_init__``: check ``eps`` and keep a list sorted (a single number stays one)."""
         epsilons = as_epsilons(type(self).__name__, self.eps)
         self.eps = epsilons[0] if isinstance(self.eps, int | float) else sorted(epsilons)
+
+    def run_each_eps(
+        self,
+        x: torch.Tensor,
+        attack_eps: Callable[[float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        queries: torch.Tensor | None = None,
+        extras: dict[str, Any] | None = None,
+    ) -> AttackResult:
+        """The result of ``attack_eps(eps, queries) -> (x_adv, success)`` at every epsilon, ascending; each call
+        adds its queries to the one per-image counter, and ``x_adv``/``success`` are the largest epsilon's."""
+        if queries is None:
+            queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        by_eps, success_by_eps = zip(*(attack_eps(eps, queries) for eps in self.epsilons), strict=True)
+        return AttackResult(
+            x=x,
+            x_adv=by_eps[-1],
+            success=success_by_eps[-1],
+            queries=queries,
+            epsilons=self.epsilons,
+            x_adv_by_eps=list(by_eps),
+            success_by_eps=torch.stack(success_by_eps),
+            extras=extras or {},
+        )

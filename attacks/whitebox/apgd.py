@@ -117,22 +117,8 @@ class _AutoPGD(FixedEpsilonAttack):
         starting_points: torch.Tensor | None,
     ) -> AttackResult:
         self._check_classes(target.num_classes, targets is not None)
-        queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        by_eps, success_by_eps = [], []
         with target.trusted_inputs():  # x was checked by Attack.__call__
-            for eps in self.epsilons:
-                x_adv, success = self.attack_eps(target, x, y, targets, eps, queries)
-                by_eps.append(x_adv)
-                success_by_eps.append(success)
-        return AttackResult(
-            x=x,
-            x_adv=by_eps[-1],
-            success=success_by_eps[-1],
-            queries=queries,
-            epsilons=self.epsilons,
-            x_adv_by_eps=by_eps,
-            success_by_eps=torch.stack(success_by_eps),
-        )
+            return self.run_each_eps(x, lambda eps, queries: self.attack_eps(target, x, y, targets, eps, queries))
 
     def _check_classes(self, num_classes: int, targeted: bool) -> None:
         need = _min_classes(self.loss, targeted)

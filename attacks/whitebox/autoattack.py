@@ -110,13 +110,12 @@ class AutoAttack(FixedEpsilonAttack):
         targets: torch.Tensor | None,
         starting_points: torch.Tensor | None,
     ) -> AttackResult:
-        queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        by_eps, success_by_eps = [], []
         with torch.no_grad(), target.trusted_inputs():
             clean_wrong = target(x).argmax(1) != y
-        queries += 1
         self._attacked += len(x)
-        for eps in self.epsilons:
+
+        def cascade(eps: float, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Each stage attacks only the points every earlier stage left robust."""
             x_adv, fooled = x.clone(), clean_wrong.clone()
             for name in self.stages:
                 todo = (~fooled).nonzero().squeeze(1)
@@ -127,18 +126,10 @@ class AutoAttack(FixedEpsilonAttack):
                     x_adv[hit], fooled[hit] = result.x_adv[result.success.bool()], True
                 if eps == self.epsilons[-1]:
                     self._after[name] = self._after.get(name, 0) + int((~fooled).sum())
-            by_eps.append(x_adv)
-            success_by_eps.append(fooled)
-        return AttackResult(
-            x=x,
-            x_adv=by_eps[-1],
-            success=success_by_eps[-1],
-            queries=queries,
-            epsilons=self.epsilons,
-            x_adv_by_eps=by_eps,
-            success_by_eps=torch.stack(success_by_eps),
-            extras={"stages": self.stages},
-        )
+            return x_adv, fooled
+
+        queries = torch.ones(len(x), dtype=torch.long, device=x.device)  # the clean forward pass
+        return self.run_each_eps(x, cascade, queries, extras={"stages": self.stages})
 
     def run_stage(self, name: str, eps: float, model: Classifier, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         attack = self.stage(name, eps)

@@ -168,26 +168,12 @@ class PGD(FixedEpsilonAttack):
         targets: torch.Tensor | None,
         starting_points: torch.Tensor | None,
     ) -> AttackResult:
-        epsilons = self.epsilons
-        queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        by_eps: list[torch.Tensor] = []
-        success_by_eps: list[torch.Tensor] = []
         with target.trusted_inputs():  # x was checked by Attack.__call__
-            for eps in epsilons:
-                x_adv, success = self._attack_eps(target, x, y, targets, eps, queries)
-                by_eps.append(x_adv)
-                success_by_eps.append(success)
-        largest = max(range(len(epsilons)), key=lambda i: epsilons[i])
-        return AttackResult(
-            x=x,
-            x_adv=by_eps[largest],
-            success=success_by_eps[largest],
-            queries=queries,
-            epsilons=epsilons,
-            x_adv_by_eps=by_eps,
-            success_by_eps=torch.stack(success_by_eps),
-            extras={"step_sizes": [self.alpha(eps) for eps in epsilons], "restarts": self.restarts},
-        )
+            return self.run_each_eps(
+                x,
+                lambda eps, queries: self._attack_eps(target, x, y, targets, eps, queries),
+                extras={"step_sizes": [self.alpha(eps) for eps in self.epsilons], "restarts": self.restarts},
+            )
 
     def _attack_eps(
         self,
