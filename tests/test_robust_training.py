@@ -68,8 +68,32 @@ def test_robust_keys_enter_the_cache_key_only_when_on() -> None:
         ({"adversarial": "mart", "adv_eps": 0.1}, "adversarial must be one of"),
         ({"adversarial": "pgd", "adv_eps": 0.1, "adv_norm": "l1"}, "adv_norm must be one of"),
         ({"adversarial": "trades", "adv_eps": 0.1, "trades_beta": -1}, "trades_beta must be >= 0"),
+        ({"adversarial": "pgd", "adv_eps": 0.1, "epochs": 2, "adv_eps_warmup": 3}, "adv_eps_warmup must be in"),
     ],
 )
 def test_bad_robust_recipes(recipe: dict[str, Any], says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         Recipe.coerce(recipe)
+
+
+def test_the_eps_warmup_ramps_the_attack_then_holds_it(mnist: DataBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    import advsuite.training as training
+
+    seen: list[tuple[float, float | None]] = []
+    real = training.training_losses
+
+    def spy(model: Any, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, *rest: Any) -> Any:
+        seen.append((recipe.adv_eps, recipe.adv_step_size))
+        return real(model, x, y, recipe, *rest)
+
+    monkeypatch.setattr(training, "training_losses", spy)
+    recipe = {"epochs": 2, "batch_size": 100, "train_subset": 400, "test_subset": 100, "adversarial": "fast",
+              "adv_eps": 0.3, "adv_step_size": 0.2, "adv_eps_warmup": 1}  # fmt: skip
+    trained(mnist, **recipe)
+    # 4 steps per epoch: the first epoch ramps eps (and the absolute step size) up in equal steps, then it holds
+    assert [round(e, 6) for e, _ in seen] == [0.075, 0.15, 0.225, 0.3, 0.3, 0.3, 0.3, 0.3]
+    assert [round(a or 0, 6) for _, a in seen][:2] == [0.05, 0.1]
+    # the ramp is part of the cache key only when on, so models trained before it existed keep theirs
+    plain = Recipe(**ROBUST["pgd"])
+    assert Recipe(**ROBUST["pgd"], adv_eps_warmup=0).digest() == plain.digest()
+    assert Recipe(**ROBUST["pgd"], adv_eps_warmup=1).digest() != plain.digest()
