@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
@@ -20,3 +21,10 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
+
+
+def derive_seed(seed: int, *labels: str | int) -> int:
+    """A 63-bit seed for a named stream (``derive_seed(seed, "attack", rank, step)``): stable across processes
+    and machines (unlike ``hash()``, which Python salts per process), distinct for distinct labels."""
+    text = "/".join(str(v) for v in (seed, *labels)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
