@@ -41,7 +41,7 @@ def test_the_audit_breaks_a_saturated_softmax(tiny_model: Classifier, images: tu
     plain = advsuite.audit(tiny_model, x, y, settings=CHEAP, verbose=False)
     flags = set(report.flags)
     assert "gradients" in flags and "naive evaluation gap" in flags, report.markdown()
-    assert report.stages["pgd_naive"].accuracy >= report.lowest[1] + 0.2  # naive PGD is fooled by the masking
+    assert report.robust_accuracy(report.stages["pgd_naive"]) >= report.lowest[1] + 0.2  # naive PGD is fooled
     assert abs(report.lowest[1] - plain.lowest[1]) <= 0.05, (report.lowest, plain.lowest)  # the truth is found
     assert report.verdict.startswith("unreliable: flags") and "naive PGD" in report.verdict
     assert "gradients" not in plain.flags and "naive evaluation gap" not in plain.flags
@@ -72,3 +72,18 @@ def test_an_audit_resumes_from_its_finished_stages(
     files = first.write(tmp_path / "report")
     assert "**Verdict:**" in (tmp_path / "report" / files["report"]).read_text()
     assert "<table>" in (tmp_path / "report" / files["report_html"]).read_text()
+
+
+def test_robust_accuracy_counts_every_image_as_task_evaluate_does(
+    tiny_model: Classifier, images: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = images
+    wrong = y.clone()
+    wrong[:10] = (y[:10] + 1) % 10  # ten images the model now gets wrong: never attacked, never robust
+    report = advsuite.audit(tiny_model, x, wrong, settings=CHEAP, verbose=False)
+    summary = report.summary()
+    assert summary["n_images"] == 40 and summary["n_attacked"] == report.n <= 30
+    for name, stage in report.scored.items():
+        assert summary["robust_accuracy_by_attack"][name] == sum(stage.robust) / 40
+    assert summary["lowest_robust_accuracy"] <= report.clean_accuracy <= 0.75
+    assert "40 images" in report.markdown() and "a misclassified image is not robust" in report.markdown()

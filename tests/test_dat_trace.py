@@ -51,6 +51,7 @@ def test_identical_runs_are_equivalent_with_zero_error() -> None:
     assert verdict.equivalent and max(c.error for c in verdict.comparisons) == 0.0
 
 
+@pytest.mark.numerics  # the largest error was 0.46 of its bound here: rerun under other CPU kernels
 def test_a_round_off_difference_stays_within_the_bounds() -> None:
     kinds = ("param_grad", "param")  # micro-batches change the outputs' keys, not the gradients' values
     verdict = compare(run(kinds=kinds), run(split=4, kinds=kinds))

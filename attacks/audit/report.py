@@ -37,6 +37,17 @@ class AuditReport:
     stages: dict[str, Stage]
     checks: list[Check]
     info: dict[str, Any] = field(default_factory=dict)
+    #: images handed to the audit; only the ``n`` it classified correctly are attacked (0: all were)
+    n_total: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.n_total or self.n
+
+    def robust_accuracy(self, stage: Stage) -> float:
+        """Over every image handed in, as RobustBench and ``task=evaluate`` count: a misclassified image is not
+        robust (``Stage.accuracy`` counts only the attacked images, which the checks compare)."""
+        return sum(stage.robust) / max(1, self.total)
 
     @property
     def scored(self) -> dict[str, Stage]:
@@ -46,13 +57,20 @@ class AuditReport:
     def lowest(self) -> tuple[str, float]:
         """(attack, robust accuracy): the lowest robust accuracy under any attack, and which one found it."""
         name = min(self.scored, key=lambda k: (self.scored[k].accuracy, k))
-        return name, self.scored[name].accuracy
+        return name, self.robust_accuracy(self.scored[name])
 
     @property
     def combined(self) -> float:
         """Robust accuracy when every attack's points count: images no attack broke."""
         robust = [all(s.robust[i] for s in self.scored.values()) for i in range(self.n)]
-        return sum(robust) / max(1, self.n)
+        return sum(robust) / max(1, self.total)
+
+    @property
+    def images_line(self) -> str:
+        return (
+            f"{self.total} images, clean accuracy {self.clean_accuracy:.3f}: the {self.n} classified correctly "
+            "are attacked, and robust accuracy counts all of them (a misclassified image is not robust)."
+        )
 
     @property
     def flags(self) -> list[str]:
@@ -64,7 +82,7 @@ class AuditReport:
         if not self.flags:
             return f"no flag, lowest robust accuracy {low:.3f} under the battery ({name}); all attacks combined " \
                    f"{self.combined:.3f}"  # fmt: skip
-        naive = self.stages["pgd_naive"].accuracy
+        naive = self.robust_accuracy(self.stages["pgd_naive"])
         return (f"unreliable: flags {', '.join(self.flags)}; robust accuracy drops from {naive:.3f} (naive PGD) to "
                 f"{low:.3f} ({name}); all attacks combined {self.combined:.3f}")  # fmt: skip
 
@@ -75,8 +93,10 @@ class AuditReport:
             "lowest_robust_accuracy": low,
             "lowest_attack": name,
             "combined_robust_accuracy": self.combined,
-            "naive_robust_accuracy": self.stages["pgd_naive"].accuracy,
-            "robust_accuracy_by_attack": {k: s.accuracy for k, s in self.scored.items()},
+            "naive_robust_accuracy": self.robust_accuracy(self.stages["pgd_naive"]),
+            "robust_accuracy_by_attack": {k: self.robust_accuracy(s) for k, s in self.scored.items()},
+            "n_images": self.total,
+            "n_attacked": self.n,
             "flags": self.flags,
             "checks": {c.name: {"verdict": c.verdict, "evidence": c.evidence} for c in self.checks},
             "verdict": self.verdict,
@@ -84,21 +104,25 @@ class AuditReport:
 
     def markdown(self) -> str:
         s = self.settings
-        threat = f"Threat model: {s.norm}, ε = {s.eps:g}; {self.n} images, clean accuracy {self.clean_accuracy:.3f}."
+        threat = f"Threat model: {s.norm}, ε = {s.eps:g}; {self.images_line}"
         lines = [f"# Audit: {self.title}", "", f"**Verdict:** {self.verdict}", "", threat, ""]
         lines += ["## Robust accuracy by attack", "", "| attack | robust accuracy | what it is |", "|---|---|---|"]
-        lines += [f"| {k} | {v.accuracy:.3f} | {ABOUT.get(k, '')} |" for k, v in self.scored.items()]
+        lines += [f"| {k} | {self.robust_accuracy(v):.3f} | {ABOUT.get(k, '')} |" for k, v in self.scored.items()]
         curve = self.stages["unbounded"].details.get("curve", {}) if "unbounded" in self.stages else {}
         if curve:
-            lines += ["", "PGD (margin) robust accuracy by ε: " + ", ".join(f"{e}: {a:.3f}" for e, a in curve.items())]
+            share = self.n / max(1, self.total)  # the curve counts attacked images; report it over all of them
+            lines += [
+                "",
+                "PGD (margin) robust accuracy by ε: " + ", ".join(f"{e}: {a * share:.3f}" for e, a in curve.items()),
+            ]
         lines += ["", "## Checks", "", "| check | result | evidence |", "|---|---|---|"]
         lines += [f"| {c.name} | {c.verdict} | {c.evidence} |" for c in self.checks]
         lines += ["", f"Settings: {s}"]
         return "\n".join(lines) + "\n"
 
     def html(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v.accuracy:.3f}</td><td>{html.escape(ABOUT.get(k, ''))}"
-                       "</td></tr>" for k, v in self.scored.items())  # fmt: skip
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{self.robust_accuracy(v):.3f}</td><td>"
+                       f"{html.escape(ABOUT.get(k, ''))}</td></tr>" for k, v in self.scored.items())  # fmt: skip
         checks = "".join(f"<tr class='{c.verdict.lower()}'><td>{html.escape(c.name)}</td><td>{c.verdict}</td><td>"
                          f"{html.escape(c.evidence)}</td></tr>" for c in self.checks)  # fmt: skip
         style = "body{font-family:sans-serif;max-width:60em}td,th{padding:.2em .6em;border-bottom:1px solid #ddd}" \
@@ -107,7 +131,7 @@ class AuditReport:
         return (f"<!doctype html><meta charset='utf-8'><title>Audit: {html.escape(self.title)}</title>"
                 f"<style>{style}</style><h1>Audit: {html.escape(self.title)}</h1>"
                 f"<p><b>Verdict:</b> {html.escape(self.verdict)}</p><p>Threat model: {s.norm}, ε = {s.eps:g}; "
-                f"{self.n} images, clean accuracy {self.clean_accuracy:.3f}.</p>"
+                f"{html.escape(self.images_line)}</p>"
                 f"<h2>Robust accuracy by attack</h2><table><tr><th>attack</th><th>robust accuracy</th><th>what it "
                 f"is</th></tr>{rows}</table><h2>Checks</h2><table><tr><th>check</th><th>result</th><th>evidence</th>"
                 f"</tr>{checks}</table>")  # fmt: skip
