@@ -29,7 +29,7 @@ class Settings:
     steps: int = 50
     eot_iter: int = 1
     n_target_classes: int = 9
-    square_queries: int = 1000
+    square_queries: int = 5000
     decision_budget: int = 1000
     random_samples: int = 100
     long_factor: int = 5
