@@ -61,10 +61,11 @@ DATASETS: dict[str, tuple[str, list[str], float, int, float]] = {
 }
 #: CPU-sized robust recipes. MNIST (ε 0.3): 3 epochs on a 20k subset, ε ramped up over the first (without the
 #: ramp PGD-AT stays at chance in 3 epochs), attacks of 10 steps of 2.5·ε/10 (Madry: 40 steps of 0.01, ~100
-#: epochs). CIFAR-10 (ε 8/255): 5 epochs on a 10k subset, 7 steps of 2/255 (Madry/Rice: 7–10 steps, 100–200
-#: epochs of a ResNet/WRN). fast_at: FGSM from a random start, step 1.25·ε (Wong et al.).
+#: epochs). CIFAR-10 (ε 8/255): 5 epochs on a 10k subset, ε ramped up over the first two (without it PGD-AT sat
+#: at chance), 7 steps of 2/255 (Madry/Rice: 7–10 steps, 100–200 epochs of a ResNet/WRN). fast_at: FGSM from
+#: a random start, step 1.25·ε (Wong et al.).
 _MNIST = ["train.epochs=3", "train.train_subset=20000", "train.adv_eps=0.3", "train.adv_eps_warmup=1"]
-_CIFAR = ["train.epochs=5", "train.train_subset=10000"]
+_CIFAR = ["train.epochs=5", "train.train_subset=10000", "train.adv_eps_warmup=2"]
 ROBUST: dict[str, dict[str, list[str]]] = {
     "mnist": {
         "pgd_at": ["train=pgd_at", *_MNIST, "train.adv_steps=10", "train.adv_step_size=null"],

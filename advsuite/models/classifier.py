@@ -20,12 +20,14 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     e.g. frozen BatchNorm layers inside a model that is otherwise in training mode.
     """
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
+    if any(mode for _, mode in modes):  # already in eval mode (every query of an attack): nothing to switch
+        module.eval()
     try:
         yield module
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
 
 
 class Classifier(nn.Module):
