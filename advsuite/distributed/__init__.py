@@ -1,8 +1,9 @@
 """Distributed adversarial training (DAT) on torch.distributed, and the pieces it is built from.
 
 So far: the layer-wise adaptive optimizer (:class:`LALR`), the gradient compressors (:func:`quantize`,
-:func:`natural_compress`) and their DDP communication hooks (:mod:`.hooks`), the tracer (:class:`Tracer`)
-and the equivalence checker (:func:`compare`). The trainer (``train=dat``) and ``task=trace`` build on them.
+:func:`natural_compress`) and their DDP communication hooks (:mod:`.hooks`), the data plan (:mod:`.plan`),
+the tracer (:class:`Tracer`) and the equivalence checker (:func:`compare`). The trainer (``train=dat``) and
+``task=trace`` build on them.
 """
 
 from .checker import Verdict, compare, tolerance
