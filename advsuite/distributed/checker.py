@@ -131,7 +131,8 @@ def compare(
                                  "model, steps and trace kinds")  # fmt: skip
     n_layers = max(reference.layers.values(), default=1)
     verdict = Verdict(noise_factor=noise_factor)
-    order = sorted(reference.tensors, key=lambda key: (TraceKey.parse(key).step, TraceKey.parse(key).micro))
+    parsed = {key: TraceKey.parse(key) for key in reference.tensors}
+    order = sorted(parsed, key=lambda key: (parsed[key].step, parsed[key].micro))
     for key in order:  # a stable sort: within a (step, micro-batch), the order the tensors were recorded in
         ref, cand = reference.tensors[key], candidate.tensors[key]
         if ref.shape != cand.shape:

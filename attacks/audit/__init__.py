@@ -78,8 +78,7 @@ def audit(
         stages[name] = _cached(state_dir, key, name, build)
     checks = [*output_checks(defended, x, s.eot_iter, declared_random), gradient_check(naive, x, y)]
     checks += comparison_checks(stages) + convergence_checks(stages) + [naive_gap_check(stages)]
-    return AuditReport(title or defended.name, s, float(clean.float().mean()), len(x), stages, checks,
-                       n_total=len(clean))  # fmt: skip
+    return AuditReport(title or defended.name, s, float(clean.float().mean()), len(x), stages, checks, len(clean))
 
 
 def _cached(state_dir: Path | None, key: str, name: str, build: Callable[[], Stage]) -> Stage:

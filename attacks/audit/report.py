@@ -36,13 +36,9 @@ class AuditReport:
     n: int
     stages: dict[str, Stage]
     checks: list[Check]
+    #: images handed to the audit; only the ``n`` it classified correctly are attacked
+    total: int
     info: dict[str, Any] = field(default_factory=dict)
-    #: images handed to the audit; only the ``n`` it classified correctly are attacked (0: all were)
-    n_total: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.n_total or self.n
 
     def robust_accuracy(self, stage: Stage) -> float:
         """Over every image handed in, as RobustBench and ``task=evaluate`` count: a misclassified image is not
