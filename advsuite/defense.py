@@ -80,6 +80,8 @@ class _Defended(nn.Module):
             raise ModelError(f"defense {name!r} returned {got} for a batch of shape {tuple(x.shape)}; a defense "
                              "must return images of the shape it was given")  # fmt: skip
         lo, hi = self.model.bounds
+        # every call: a defense may leave the bounds only on some inputs (unclamped noise); one min/max pass is
+        # small next to the model's forward
         low, high = (float(v) for v in out.detach().aminmax()) if out.numel() else (lo, hi)
         if low < lo - 1e-6 or high > hi + 1e-6:
             raise ModelError(f"defense {name!r} returned values in [{low:.4g}, {high:.4g}], "

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from advsuite.dct import dct_matrix
 from advsuite.defense import Defense
 from advsuite.errors import ConfigError
 
@@ -56,8 +57,6 @@ def soft_round(v: torch.Tensor) -> torch.Tensor:
 
 def _blockwise(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Quantise and dequantise an (N, H, W) plane on 0-255 in 8×8 DCT blocks (edges replicated to a multiple of 8)."""
-    from advsuite.attacks.boundary.dct import dct_matrix
-
     h, w = plane.shape[1:]
     ph, pw = -h % 8, -w % 8
     padded = F.pad(plane[:, None], (0, pw, 0, ph), mode="replicate")[:, 0] - 128

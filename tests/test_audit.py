@@ -87,3 +87,29 @@ def test_robust_accuracy_counts_every_image_as_task_evaluate_does(
         assert summary["robust_accuracy_by_attack"][name] == sum(stage.robust) / 40
     assert summary["lowest_robust_accuracy"] <= report.clean_accuracy <= 0.75
     assert "40 images" in report.markdown() and "a misclassified image is not robust" in report.markdown()
+
+
+def _stage(name: str, robust: int, n: int = 100, vanished: int = 0) -> battery.Stage:
+    return battery.Stage(name, "whitebox", [True] * robust + [False] * (n - robust), {"vanished": vanished})
+
+
+@pytest.mark.parametrize(
+    ("bpda", "margin", "vanished", "flagged"),
+    [
+        (40, 40, 0, False),  # nothing between the evaluations
+        (40, 30, 0, False),  # margin beats cross-entropy on a model whose gradients are fine: a loss, not masking
+        (40, 30, 5, True),  # ... and where the cross-entropy gradient vanished: masking by saturation
+        (30, 40, 0, True),  # BPDA beats autograd through the defense
+        (36, 36, 9, False),  # a gap within the threshold
+    ],
+)
+def test_the_naive_gap_counts_the_margin_loss_only_where_cross_entropy_vanished(
+    bpda: int, margin: int, vanished: int, flagged: bool
+):
+    from advsuite.attacks.audit.checks import naive_gap_check
+
+    stages = {"pgd_naive": _stage("pgd_naive", 40, vanished=vanished), "pgd": _stage("pgd", bpda),
+              "pgd_margin": _stage("pgd_margin", margin)}  # fmt: skip
+    check = naive_gap_check(stages)
+    assert check.flagged is flagged, check.evidence
+    assert f"vanished on {vanished}" in check.evidence if vanished else "never vanished" in check.evidence

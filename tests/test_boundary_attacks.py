@@ -14,7 +14,6 @@ from torch import nn
 
 from advsuite.attack import AttackResult
 from advsuite.attacks.boundary import HSJA, NLBA, PSBA, QEBA_F, QEBA_I, QEBA_S
-from advsuite.attacks.boundary.dct import dct2, idct2
 from advsuite.attacks.boundary.priors.base import Prior
 from advsuite.attacks.boundary.probes import (
     DCTProbes,
@@ -26,6 +25,7 @@ from advsuite.attacks.boundary.probes import (
     auto_scale,
 )
 from advsuite.attacks.foolbox_ref import FoolboxHSJA
+from advsuite.dct import dct2, idct2
 from advsuite.errors import ConfigError, InputError
 from advsuite.models import Classifier
 from advsuite.oracles import LabelOracle, is_adversarial

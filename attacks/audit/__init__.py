@@ -19,6 +19,7 @@ from advsuite.defense import Defense, defend
 from advsuite.models.classifier import Classifier
 
 from .battery import (
+    STAGE_FORMAT,
     Settings,
     Stage,
     decision_stage,
@@ -59,7 +60,15 @@ def audit(
     declared_random = bool(defense is not None and defense.randomized)
     images = state_hash({"x": x, "y": y})
     weights = state_hash(defended.state_dict()) if state_dir is not None else ""
-    key = content_key({"images": images, "weights": weights, "settings": dataclasses.asdict(s), "title": title})
+    key = content_key(
+        {
+            "format": STAGE_FORMAT,
+            "images": images,
+            "weights": weights,
+            "settings": dataclasses.asdict(s),
+            "title": title,
+        }
+    )
     builders: dict[str, Callable[[], Stage]] = {
         **whitebox_stages(defended, naive, x, y, s),
         "square": lambda: square_stage(defended, x, y, s),

@@ -19,6 +19,11 @@ from advsuite.models.classifier import Classifier
 from advsuite.oracles import LabelOracle, ScoreOracle
 from advsuite.seeding import make_generator
 
+#: an input gradient with a smaller norm has vanished (float32 softmax saturation underflows to exactly 0)
+VANISHING = 1e-12
+#: bumped when a stage records different details, so a resumed audit does not reuse stages saved before
+STAGE_FORMAT = 2
+
 
 @dataclass
 class Settings:
@@ -58,14 +63,16 @@ def still_correct(model: Classifier, x_adv: torch.Tensor, y: torch.Tensor, batch
 
 def tracked_pgd(
     model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float, s: Settings, loss: str = "ce", steps: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PGD (random start, 2.5·ε/steps) that also records, per image, whether any iterate was adversarial and
-    the loss at every step: ``(last iterate, found on the path, loss trace (steps, n))``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PGD (random start, 2.5·ε/steps) that also records, per image, whether any iterate was adversarial,
+    whether the gradient vanished at any step, and the loss at every step: ``(last iterate, found on the path,
+    vanished, loss trace (steps, n))``."""
     steps = steps or s.steps
     gen = make_generator(s.seed, x.device)
     project = projector(x, eps, s.norm, model.bounds)
     x_adv = random_start(x, eps, s.norm, gen, model.bounds)
     found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    vanished = torch.zeros_like(found)
     trace = []
     with torch.enable_grad(), model.evaluating():
         for _ in range(steps):
@@ -74,9 +81,10 @@ def tracked_pgd(
             value = objective(logits, y, targeted=False, loss=loss)
             (grad,) = torch.autograd.grad(value.sum(), x_adv)
             found |= logits.detach().argmax(1) != y
+            vanished |= grad.flatten(1).norm(dim=1) < VANISHING
             trace.append(value.detach())
             x_adv = project(x_adv.detach() + 2.5 * eps / steps * ascent_direction(grad, s.norm))
-    return x_adv.detach(), found, torch.stack(trace)
+    return x_adv.detach(), found, vanished, torch.stack(trace)
 
 
 def _batched(fn: Callable[[torch.Tensor, torch.Tensor], Any], x: torch.Tensor, y: torch.Tensor, size: int) -> list:
@@ -89,8 +97,9 @@ def pgd_stage(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, s:
     x_adv = torch.cat([p[0] for p in parts])
     robust = still_correct(model, x_adv, y, s.batch_size)
     found = torch.cat([p[1] for p in parts]).cpu()
-    trace = torch.cat([p[2] for p in parts], 1).cpu()
-    details = {"silent": int((found & robust).sum()), "loss_trace": trace.T.tolist()}
+    vanished = int(torch.cat([p[2] for p in parts]).sum())
+    trace = torch.cat([p[3] for p in parts], 1).cpu()
+    details = {"silent": int((found & robust).sum()), "vanished": vanished, "loss_trace": trace.T.tolist()}
     return Stage(name, kw.get("kind", "whitebox"), robust.tolist(), details)
 
 

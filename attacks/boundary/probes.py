@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from advsuite.attacks.boundary.priors.base import Prior, qeba_subspace_fraction
+from advsuite.dct import dct_matrix, low_pass
 from advsuite.errors import ConfigError
-
-from .dct import dct_matrix, low_pass
 
 
 @runtime_checkable
