@@ -65,10 +65,13 @@ class _Oracle:
         idx = idx.to(self.device, torch.long)
         if self.budget is None:
             answered = torch.ones(len(idx), dtype=torch.bool, device=self.device)
+        elif len(idx) < 2 or bool((idx[1:] > idx[:-1]).all()):  # each sample at most once (one query per image)
+            answered = self.remaining[idx] > 0
         else:
             answered = _rank_within_groups(idx) < self.remaining[idx]
-        rows = x[answered]
-        self.n_queries.index_add_(0, idx[answered], torch.ones_like(idx[answered]))
+        every = bool(answered.all())
+        rows, charged = (x, idx) if every else (x[answered], idx[answered])  # no copies when all are answered
+        self.n_queries.index_add_(0, charged, torch.ones_like(charged))
         start = time.perf_counter()
         outs = []
         with torch.no_grad(), self._model.evaluating(), self._model.trusted_inputs():  # checked above
@@ -99,6 +102,8 @@ class ScoreOracle(_Oracle):
     def __call__(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (probabilities, answered). Unanswered rows are NaN."""
         logits, answered = self._forward(x, idx)
+        if len(logits) == len(answered):
+            return logits.float().softmax(1), answered
         probs = torch.full((len(answered), self.num_classes), float("nan"), device=self.device)
         probs[answered] = logits.float().softmax(1)
         return probs, answered

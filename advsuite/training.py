@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # advsuite.models imports this module (the zoo trains on dema
 
 #: keys a train config may carry that are not part of the recipe (and so not of the zoo's cache key)
 CONTROL_KEYS = ("name", "force")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "lalr")  # lalr: DAT's layer-wise adaptive rate (advsuite.distributed)
 SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("auto", "none", "crop", "crop_flip")
 ROBUST_KEYS = ("adversarial", "adv_eps", "adv_norm", "adv_steps", "adv_step_size", "trades_beta", "adv_eps_warmup")
@@ -80,6 +80,13 @@ class Recipe:
         """A validated recipe from a mapping (e.g. a Hydra ``train`` config) plus ``overrides``."""
         base = dataclasses.asdict(recipe) if isinstance(recipe, Recipe) else dict(recipe or {})
         merged = {k: v for k, v in {**base, **dict(overrides or {})}.items() if k not in CONTROL_KEYS}
+        trainer = merged.pop("trainer", "standard")
+        if trainer == "dat":  # distributed adversarial training: its own keys (advsuite.distributed.recipe)
+            from advsuite.distributed.recipe import coerce_dat
+
+            return coerce_dat({**merged, "trainer": trainer})
+        if trainer != "standard":
+            raise ConfigError(f"unknown train.trainer {trainer!r}; choose standard or dat")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(merged) - fields)
         if unknown:
@@ -235,7 +242,20 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr)
+    if recipe.optimizer == "lalr":
+        from advsuite.distributed.lalr import LALR
+
+        return LALR(groups, lr=recipe.lr)
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def ramped(recipe: Recipe, step: int, ramp_steps: int) -> Recipe:
+    """The recipe for ``step``: eps (and an absolute step size) scaled by the ``adv_eps_warmup`` ramp."""
+    if step >= ramp_steps:
+        return recipe
+    scale = (step + 1) / ramp_steps
+    size = None if recipe.adv_step_size is None else recipe.adv_step_size * scale
+    return dataclasses.replace(recipe, adv_eps=recipe.adv_eps * scale, adv_step_size=size)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -314,6 +334,10 @@ def train_classifier(
     data), ``train_seconds``, ``epochs``, ``steps``, ``n_train``, ``device``. The model ends in eval mode.
     """
     recipe = Recipe.coerce(recipe)
+    if getattr(recipe, "trainer", "standard") == "dat":
+        from advsuite.distributed.dat import train_dat
+
+        return train_dat(model, data, recipe, device=device, seed=seed, verbose=verbose)  # type: ignore[arg-type]
     device = resolve_device(device)
     model.to(device)
     shape = tuple(data.input_shape)
@@ -332,15 +356,6 @@ def train_classifier(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
     ramp_steps = round(recipe.adv_eps_warmup * steps_per_epoch)
-
-    def ramped(step: int) -> Recipe:
-        """The recipe for this step: eps (and an absolute step size) scaled by the warm-up ramp."""
-        if step >= ramp_steps:
-            return recipe
-        scale = (step + 1) / ramp_steps
-        size = None if recipe.adv_step_size is None else recipe.adv_step_size * scale
-        return dataclasses.replace(recipe, adv_eps=recipe.adv_eps * scale, adv_step_size=size)
-
     start = after_first = time.perf_counter()
     loss_sum, correct, seen, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0
     clean_sum = adv_sum = 0.0
@@ -355,7 +370,9 @@ def train_classifier(
             for xb, yb in epoch_batches(device):
                 xb = augment_batch(xb, padding, flip, gen)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, logits, clean, adv = training_losses(model, xb, yb, ramped(steps), gen, loss_fn)
+                    loss, logits, clean, adv = training_losses(
+                        model, xb, yb, ramped(recipe, steps, ramp_steps), gen, loss_fn
+                    )
                 if adv is not None:
                     clean_sum, adv_sum = clean_sum + clean * len(yb), adv_sum + adv * len(yb)
                 optimizer.zero_grad(set_to_none=True)

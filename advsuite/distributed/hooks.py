@@ -43,6 +43,8 @@ class HookState:
     seed: int = 0
     step: int = 0
     bytes_sent: dict[int, int] = field(default_factory=dict)
+    #: an injected bug (advsuite.distributed.bugs) the hook carries out: grad_sum | grad_double_avg; else "none"
+    bug: str = "none"
 
     def count(self, n: int) -> None:
         self.bytes_sent[self.step] = self.bytes_sent.get(self.step, 0) + n
@@ -53,14 +55,16 @@ class HookState:
 
 
 def make_hook(
-    compression: str, group: dist.ProcessGroup | None = None, bits: int = 7, seed: int = 0
+    compression: str, group: dist.ProcessGroup | None = None, bits: int = 7, seed: int = 0, bug: str = "none"
 ) -> tuple[HookState, Hook]:
     """``(state, hook)`` for ``ddp.register_comm_hook(state, hook)``."""
     if compression not in COMPRESSIONS:
         raise ConfigError(f"unknown gradient compression {compression!r}; choose from {', '.join(COMPRESSIONS)}")
     if compression == "quantize":
         quantize(torch.zeros(1), bits)  # a bad ``bits`` fails here, before training
-    state = HookState(group, compression, bits, seed)
+    state = HookState(group, compression, bits, seed, bug=bug)
+    if bug in ("grad_sum", "grad_double_avg") and compression == "none":
+        return state, _buggy_allreduce
     hooks: dict[str, Hook] = {
         "none": _torch_hook(default_hooks.allreduce_hook, 4),
         "fp16": _torch_hook(default_hooks.fp16_compress_hook, 2),
@@ -77,6 +81,17 @@ def _torch_hook(hook: Callable[..., torch.futures.Future[torch.Tensor]], element
         return hook(state.group, bucket)
 
     return counted
+
+
+def _buggy_allreduce(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """The injected bugs ``grad_sum`` (no division by the world size) and ``grad_double_avg`` (divided twice)."""
+    world = dist.get_world_size(state.group)
+    buffer = bucket.buffer()
+    state.count(buffer.numel() * 4)
+    if state.bug == "grad_double_avg":
+        buffer.div_(world * world)
+    work = dist.all_reduce(buffer, group=state.group, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
 
 
 def _quantized(state: HookState, grad: torch.Tensor, gen: torch.Generator) -> tuple[list[torch.Tensor], Callable]:

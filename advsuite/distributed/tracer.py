@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-KINDS = ("output", "output_grad", "param_grad", "param")
+#: in execution order within a worker's micro-batch, then after the step (micro = the number of workers)
+KINDS = ("input", "adv_input", "output", "output_grad", "param_grad", "param", "buffer")
 _WRAPPERS = re.compile(r"(^|\.)(module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)(?=\.|$)")
 _KEY = re.compile(r"^s(\d+)/m(\d+)/(.*):(\w+)$")
 
@@ -76,7 +77,7 @@ class Trace:
     layers: dict[str, int] = field(default_factory=dict)
 
     def layer_of(self, key: str) -> int:
-        path = TraceKey.parse(key).path
+        path = TraceKey.parse(key).path.rsplit("/", 1)[-1]  # a scoped path ("clean/net.0"): its module's layer
         while path not in self.layers and "." in path:  # a parameter: its module's layer
             path = path.rsplit(".", 1)[0]
         return self.layers.get(path, len(self.layers))
@@ -110,6 +111,11 @@ class Tracer:
         self._trace = Trace()
         self._step: int | None = None
         self._micro = 0
+        self._paused = False
+        self._scope = ""
+        #: the factor the traced loss was multiplied by before backward (a worker's share of a process's loss);
+        #: activation gradients are recorded divided by it, so runs that split the batch differently agree
+        self.grad_scale = 1.0
         self._names = {id(p): canonical_name(n) for n, p in module.named_parameters()}
         self._handles: list[Any] = []
         for name, sub in module.named_modules():
@@ -135,9 +141,27 @@ class Tracer:
         finally:
             self._micro = previous
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing traced inside (e.g. the forward and backward passes of an attack inside a training step)."""
+        previous, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = previous
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Module paths recorded inside are prefixed ``name/`` (a second forward pass of the same batch)."""
+        previous, self._scope = self._scope, f"{name}/"
+        try:
+            yield
+        finally:
+            self._scope = previous
+
     def record(self, path: str, kind: str, tensor: torch.Tensor) -> None:
         """Record one tensor (inside :meth:`step`; elsewhere nothing is traced)."""
-        if self._step is None or kind not in self.kinds:
+        if self._step is None or self._paused or kind not in self.kinds:
             return
         key = str(TraceKey(self._step, self._micro, path, kind))
         self._trace.tensors[key] = to_canonical(tensor)
@@ -152,18 +176,19 @@ class Tracer:
 
     def _forward_hook(self, path: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self._step is None or not isinstance(output, torch.Tensor):
+            if self._step is None or self._paused or not isinstance(output, torch.Tensor):
                 return
             self._trace.layers.setdefault(path, len(self._trace.layers) + 1)
-            self.record(path, "output", output)  # a copy: a later in-place op (ReLU(inplace)) would change it
+            scoped = self._scope + path
+            self.record(scoped, "output", output)  # a copy: a later in-place op (ReLU(inplace)) would change it
             if output.requires_grad and "output_grad" in self.kinds:
                 step, micro = self._step, self._micro
-                output.register_hook(lambda g: self._grad(step, micro, path, g))
+                output.register_hook(lambda g: self._grad(step, micro, scoped, g))
 
         return hook
 
     def _grad(self, step: int, micro: int, path: str, grad: torch.Tensor) -> None:
-        self._trace.tensors[str(TraceKey(step, micro, path, "output_grad"))] = to_canonical(grad)
+        self._trace.tensors[str(TraceKey(step, micro, path, "output_grad"))] = to_canonical(grad) / self.grad_scale
 
     def _params(self, optimizer: torch.optim.Optimizer, kind: str) -> None:
         for group in optimizer.param_groups:

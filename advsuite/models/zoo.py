@@ -161,6 +161,9 @@ def load_model(
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if int(os.environ.get("RANK", "0")) != 0:  # a torchrun process other than rank 0: rank 0 stores the entry
+        model.info = {**meta, "weights_hash": weights_hash(model), "path": str(entry.weights)}
+        return model
     header = checkpoint_header({"arch": meta["arch"], "dataset": meta["dataset"]})
     meta = entry.store(network_state(model), meta, header)
     model.info = {**meta, "path": str(entry.weights)}

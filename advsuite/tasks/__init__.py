@@ -7,7 +7,7 @@ import importlib
 from omegaconf import DictConfig
 
 from advsuite.errors import ConfigError
-from advsuite.tasks.options import check_run_options
+from advsuite.tasks.options import check_launch, check_run_options
 
 # task name -> "module:function"; imported lazily so each task only loads what it needs
 TASKS = {
@@ -15,6 +15,8 @@ TASKS = {
     "train": "advsuite.tasks.train:run_train",
     "leaderboard": "advsuite.tasks.leaderboard:run_leaderboard",
     "audit": "advsuite.attacks.audit.task:run_audit",
+    # distributed adversarial training traced against its single-process reference
+    "trace": "advsuite.distributed.task:run_trace",
     # the decision-based family's own task: fit a probe prior ahead of a sweep
     "prior": "advsuite.attacks.boundary.priors.task:run_prior",
     # the face family's own task: patches judged on held-out face embedders at a fixed FAR
@@ -28,6 +30,7 @@ def run_task(cfg: DictConfig) -> object:
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    check_launch(cfg)
     if name != "evaluate":
         check_run_options(cfg)
     module, function = TASKS[name].split(":")

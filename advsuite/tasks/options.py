@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,25 @@ from advsuite.models.classifier import Classifier
 from advsuite.validation import check_known_options
 
 DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Under torchrun (``WORLD_SIZE`` > 1) only ``task=train train=dat`` runs, on a partition of its workers the
+    process count divides; refused here, before any process loads data."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return
+    from advsuite.training import Recipe
+
+    name = str(cfg.task.get("name"))
+    recipe = Recipe.coerce(to_plain(cfg.get("train")))
+    if name not in ("train", "trace") or getattr(recipe, "trainer", "standard") != "dat":
+        raise ConfigError(f"{world} processes were launched (torchrun), but only train=dat (task=train or "
+                          f"task=trace) runs across processes; run task={name} with one process: "
+                          "python -m advsuite ...")  # fmt: skip
+    from advsuite.distributed.plan import workers_per_rank
+
+    workers_per_rank(recipe.batch_size, recipe.workers, world)  # type: ignore[attr-defined]
 
 
 def check_run_options(cfg: DictConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         "adaptation": info["adaptation"],
         "seed": info["seed"],
     }
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return summary
     seconds = summary["train_seconds"]
     trained = f", trained in {seconds:.0f} s" if summary["source"] == "trained" and seconds else ""
     print(

@@ -11,7 +11,8 @@ The loss is the margin ``log p_y − max_{j≠y} log p_j`` untargeted (it equals
 cross-entropy of the target when targeted; a sample stops once it is adversarial. The window's area
 fraction ``p`` starts at ``p_init`` and is halved at iterations 10, 50, 200, 500, 1k, 2k, 4k, 6k and 8k of a
 10k-query run, rescaled to the budget (the authors' schedule). A proposal whose window would not change the
-image (every value already there, e.g. clipped at the bounds) is redrawn, as in the authors' code.
+image (every value already there, e.g. clipped at the bounds) gets new signs, up to 10 draws, as in the
+authors' code.
 
 The attack only sees the :class:`ScoreOracle`'s probabilities and every proposal is a counted query (one
 more for the start). Differences from the authors' code: windows and signs are drawn per image (their
@@ -103,14 +104,18 @@ class Square(FixedEpsilonAttack):
         margin, loss = margin_and_loss(probs, y, targets)
         margin[~answered], loss[~answered] = math.inf, math.inf
         rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        corners = torch.stack([(x - eps).clamp(lo, hi), (x + eps).clamp(lo, hi)], 2)  # (n, c, 2, h, w): x ∓ ε
         for i in range(1, budget):
             active = ((margin >= 0) & (target.remaining > 0)).nonzero().squeeze(1)
             if len(active) == 0:
                 break
             s = min(max(round(math.sqrt(window_fraction(self.p_init, i, budget) * h * w)), 1), h, w)
-            proposal = self.propose(x[active], best[active], eps, s, rows, cols, gen, (lo, hi))
+            every = len(active) == n  # no copies while every image is still being attacked
+            ca, ba, ya = (corners, best, y) if every else (corners[active], best[active], y[active])
+            ta = targets if targets is None or every else targets[active]
+            proposal = self.propose(ca, ba, s, rows, cols, gen)
             probs, answered = target(proposal, active)
-            new_margin, new_loss = margin_and_loss(probs, y[active], None if targets is None else targets[active])
+            new_margin, new_loss = margin_and_loss(probs, ya, ta)
             better = answered & ((new_loss < loss[active]) | (new_margin < 0))
             keep = active[better]
             best[keep], loss[keep], margin[keep] = proposal[better], new_loss[better], new_margin[better]
@@ -126,32 +131,28 @@ class Square(FixedEpsilonAttack):
 
     @staticmethod
     def propose(
-        x: torch.Tensor,
+        corners: torch.Tensor,
         best: torch.Tensor,
-        eps: float,
         side: int,
         rows: torch.Tensor,
         cols: torch.Tensor,
         gen: torch.Generator,
-        bounds: tuple[float, float],
     ) -> torch.Tensor:
-        """``best`` with one random square per image set to x ± ε per channel (redrawn where it changes nothing)."""
-        n, c, h, w = x.shape
-        top = torch.randint(0, h - side + 1, (n,), generator=gen, device=x.device)
-        left = torch.randint(0, w - side + 1, (n,), generator=gen, device=x.device)
+        """``best`` with one random square per image set to x ± ε per channel (``corners``: x − ε and x + ε,
+        clipped, stacked on dim 2), with new signs where the draw changes nothing."""
+        n, c, _, h, w = corners.shape
+        top = torch.randint(0, h - side + 1, (n,), generator=gen, device=best.device)
+        left = torch.randint(0, w - side + 1, (n,), generator=gen, device=best.device)
         inside_r = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + side)
         inside_c = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + side)
         window = (inside_r[:, :, None] & inside_c[:, None, :])[:, None]  # (n, 1, h, w)
-        proposal = torch.where(window, (x + eps * _signs(n, c, gen, x)).clamp(*bounds), best)
-        todo = torch.arange(n, device=x.device)
-        for _ in range(10):  # the authors redraw the signs until the window changes the image
-            todo = todo[((proposal[todo] - best[todo]).abs() < 1e-7).flatten(1).all(1)]
-            if len(todo) == 0:
-                break
-            redrawn = (x[todo] + eps * _signs(len(todo), c, gen, x)).clamp(*bounds)
-            proposal[todo] = torch.where(window[todo], redrawn, best[todo])
-        return proposal
-
-
-def _signs(n: int, c: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    return torch.randint(0, 2, (n, c, 1, 1), generator=gen, device=like.device).to(like.dtype) * 2 - 1
+        # the authors redraw the signs (up to 10 draws) until the window changes the image: the same draws,
+        # vectorised. Channel c's window moves with sign s if any of its pixels does; a draw moves the image
+        # if any channel does.
+        moved = ((corners - best[:, :, None]).abs() > 1e-7).logical_and_(window[:, :, None]).flatten(3).any(3)
+        draws = torch.randint(0, 2, (n, 10, c), generator=gen, device=best.device)
+        moves = moved[:, None].expand(n, 10, c, 2).gather(3, draws[..., None]).squeeze(3).any(2)  # (n, 10)
+        first = torch.where(moves.any(1), moves.int().argmax(1), 9)
+        signs = draws[torch.arange(n, device=best.device), first]  # (n, c): 0 is −, 1 is +
+        chosen = corners.gather(2, signs[:, :, None, None, None].expand(n, c, 1, h, w)).squeeze(2)
+        return torch.where(window, chosen, best)

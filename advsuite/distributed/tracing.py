@@ -1,0 +1,195 @@
+"""Trace a few DAT steps on every process, run the single-process reference on the same start, and compare.
+
+:func:`traced_steps` runs on each rank (under torchrun, or in processes :func:`spawn_trace` starts) and
+returns that rank's trace; :func:`merge_ranks` joins them on rank 0 (each worker's tensors from the rank that
+ran it; the replicated ones, weights and buffers, from rank 0, after checking every other rank holds the same
+values); :func:`reference_steps` replays the steps in one process; :func:`trace_verdict` does all of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from advsuite.errors import ConfigError
+
+from .checker import Comparison, Verdict, compare, relative_error, tolerance
+from .context import DistContext
+from .dat import DatStepper
+from .recipe import DatRecipe
+from .tracer import Trace, TraceKey, Tracer
+
+#: kinds every rank holds a copy of (they must agree across ranks); the rest belong to one worker's rank
+REPLICATED = ("param_grad", "param", "buffer")
+
+
+def _run(stepper: DatStepper, model: nn.Module, tracer: Tracer, steps: int) -> Trace:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model.train()
+        step = 0
+        for epoch in range(stepper.recipe.epochs):
+            for batch in stepper.plan.epoch(epoch):
+                if step == steps:
+                    break
+                with tracer.step(step):
+                    if step == 0:
+                        with tracer.micro(0):
+                            for name, p in model.named_parameters():
+                                tracer.record(f"init/{name}", "param", p)
+                    stepper.step(step, batch)
+                step += 1
+    tracer.close()
+    return tracer.trace()
+
+
+def traced_steps(
+    model: nn.Module, recipe: DatRecipe, x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, ctx: DistContext
+) -> tuple[Trace, dict[str, torch.Tensor]]:
+    """``steps`` DAT steps of this rank, traced; also the initial state rank 0 starts from (for the reference)."""
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stepper = DatStepper(model, recipe, x, y, seed=seed, ctx=ctx)
+    tracer = Tracer(stepper.net, stepper.optimizer)
+    stepper.tracer = tracer
+    return _run(stepper, model, tracer, steps), init
+
+
+def reference_steps(
+    model: nn.Module,
+    init: dict[str, torch.Tensor],
+    recipe: DatRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    steps: int,
+    adv_inputs: dict[str, torch.Tensor] | None = None,
+    perturb: float = 0.0,
+) -> Trace:
+    """The same steps in this process: every worker in turn, no DDP, no injected bug, rank 0's initial state
+    (``perturb``: its floating-point values each scaled by ``1 + perturb·N(0, 1)``, the noise-floor run)."""
+    model = copy.deepcopy(model)
+    model.load_state_dict(init)
+    if perturb:
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + perturb * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
+    clean = DatRecipe(**{**recipe.to_dict(), "bug": "none", "compression": "none"})
+    stepper = DatStepper(model, clean, x, y, seed=seed, ctx=None, adv_inputs=adv_inputs)
+    tracer = Tracer(model, stepper.optimizer)
+    stepper.tracer = tracer
+    return _run(stepper, model, tracer, steps)
+
+
+def merge_ranks(traces: list[Trace]) -> tuple[Trace, list[Comparison]]:
+    """One trace in canonical form, and each replicated tensor of ranks 1… checked against rank 0's."""
+    merged = Trace(dict(traces[0].tensors), dict(traces[0].layers))
+    replicas: list[Comparison] = []
+    n_layers = max(merged.layers.values(), default=1)
+    for rank, trace in enumerate(traces[1:], start=1):
+        for key, tensor in trace.tensors.items():
+            kind = TraceKey.parse(key).kind
+            if kind in REPLICATED or (key.endswith(":param") and "/init/" in key):
+                if key in merged.tensors:
+                    layer = merged.layer_of(key)
+                    error = relative_error(tensor, merged.tensors[key])
+                    replicas.append(Comparison(f"{key} (rank {rank} vs rank 0)", layer, error,
+                                               tolerance(layer, n_layers, tensor.dtype)))  # fmt: skip
+            else:
+                merged.tensors[key] = tensor
+    order = sorted(merged.tensors, key=lambda k: (TraceKey.parse(k).step, TraceKey.parse(k).micro))
+    merged.tensors = {k: merged.tensors[k] for k in order}
+    return merged, replicas
+
+
+def adversarial_inputs(trace: Trace) -> dict[str, torch.Tensor]:
+    return {k: t for k, t in trace.tensors.items() if TraceKey.parse(k).kind == "adv_input"}
+
+
+def trace_verdict(
+    model: nn.Module,
+    init: dict[str, torch.Tensor],
+    recipe: DatRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    steps: int,
+    traces: list[Trace],
+    *,
+    k: float = 4.0,
+    c: float = 1.03,
+) -> Verdict:
+    """The ranks' traces against the reference; replica disagreements count as divergences where they occur."""
+    if recipe.compression != "none":
+        raise ConfigError(
+            f"tracing a run with train.compression={recipe.compression} is not supported: the reference does not "
+            "replay the compressors' random draws; trace with compression=none"
+        )
+    candidate, replicas = merge_ranks(traces)
+    adv = adversarial_inputs(candidate)
+    reference = reference_steps(model, init, recipe, x, y, seed, steps, adv)
+    eps = torch.finfo(torch.bfloat16 if recipe.precision == "bf16" else torch.float32).eps
+    noise = reference_steps(model, init, recipe, x, y, seed, steps, adv, perturb=eps)
+    verdict = compare(reference, candidate, noise=noise, k=k, c=c)
+    if replicas:  # each at its place in execution order: after the same key of rank 0
+        position = {c.key: i for i, c in enumerate(verdict.comparisons)}
+        merged = sorted(
+            [(position[c.key], 0, c) for c in verdict.comparisons]
+            + [(position.get(c.key.split(" (rank")[0], len(position)), 1, c) for c in replicas],
+            key=lambda t: (t[0], t[1]),
+        )
+        verdict.comparisons = [c for *_, c in merged]
+    return verdict
+
+
+# ----------------------------------------------------------------------------------- spawned processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, payload: dict[str, Any], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ctx = DistContext(rank, world, torch.device("cpu"), owns_group=False)
+        results = []
+        for recipe in payload["recipes"]:  # one process group for every scenario: processes start once
+            model = copy.deepcopy(payload["model"])
+            results.append(traced_steps(model, recipe, payload["x"], payload["y"], payload["seed"], payload["steps"],
+                                        ctx))  # fmt: skip
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_trace(
+    model: nn.Module,
+    recipes: list[DatRecipe],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    steps: int,
+    world: int,
+) -> list[tuple[list[Trace], dict[str, torch.Tensor]]]:
+    """Start ``world`` gloo processes that trace ``steps`` DAT steps of each recipe; per recipe, the ranks'
+    traces and rank 0's initial state."""
+    payload = {"model": model, "recipes": recipes, "x": x, "y": y, "seed": seed, "steps": steps}
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_worker, args=(world, _free_port(), payload, out), nprocs=world, join=True)
+        saved = [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return [([saved[r][i][0] for r in range(world)], saved[0][i][1]) for i in range(len(recipes))]
