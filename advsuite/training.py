@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -327,8 +328,12 @@ def train_classifier(
     device: torch.device | str = "cpu",
     seed: int = 0,
     verbose: bool = True,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data.train`` and evaluate it on ``data.test``.
+
+    ``checkpoint_dir``: where ``train=dat`` keeps the checkpoints a killed run resumes from (the standard
+    recipe trains in one go).
 
     Returns ``test_accuracy``, ``n_test``, ``train_accuracy``/``train_loss`` (last epoch, on augmented
     data), ``train_seconds``, ``epochs``, ``steps``, ``n_train``, ``device``. The model ends in eval mode.
@@ -337,7 +342,8 @@ def train_classifier(
     if getattr(recipe, "trainer", "standard") == "dat":
         from advsuite.distributed.dat import train_dat
 
-        return train_dat(model, data, recipe, device=device, seed=seed, verbose=verbose)  # type: ignore[arg-type]
+        return train_dat(model, data, recipe, device=device, seed=seed, verbose=verbose,  # type: ignore[arg-type]
+                         checkpoint_dir=checkpoint_dir)  # fmt: skip
     device = resolve_device(device)
     model.to(device)
     shape = tuple(data.input_shape)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
+from advsuite.artifacts import state_hash
+from advsuite.data.bundle import DataBundle
 from advsuite.distributed.bugs import BUGS
+from advsuite.distributed.dat import DatStepper, train_dat
 from advsuite.distributed.recipe import DatRecipe
 from advsuite.distributed.tracing import spawn_trace, trace_verdict
 from advsuite.errors import ConfigError
+from advsuite.models import Classifier
 from advsuite.training import Recipe
 
 
@@ -80,3 +87,68 @@ def test_an_unknown_bug_lists_the_choices():
 def test_a_batch_the_workers_cannot_share_is_refused():
     with pytest.raises(ConfigError, match="not divisible by workers=3"):
         recipe(workers=3)
+
+
+# ------------------------------------------------------------------------------ one process, no torchrun
+
+
+def _bundle(data) -> DataBundle:
+    ds = TensorDataset(*data)
+    return DataBundle("toy", ds, ds, 10, (1, 12, 12))
+
+
+def _train(data, tmp_path: Path | None, **kw) -> tuple[Classifier, dict]:
+    torch.manual_seed(0)
+    model = Classifier(TinyBN(), num_classes=10, input_shape=(1, 12, 12), name="tiny")
+    info = train_dat(model, _bundle(data), recipe(epochs=2, checkpoint_every=3, **kw), seed=0, verbose=False,
+                     checkpoint_dir=tmp_path)  # fmt: skip
+    return model, info
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(data, tmp_path: Path, monkeypatch):
+    uninterrupted, info = _train(data, None)
+    assert info["steps"] == 8 and info["resumed_from"] is None
+
+    calls = {"n": 0}
+    original = DatStepper.step
+
+    def dies_at_step_5(self, step, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt  # the process is stopped during its 6th step
+        return original(self, step, batch)
+
+    monkeypatch.setattr(DatStepper, "step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        _train(data, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-000003.pt"]  # checkpoints: after 3 steps
+    monkeypatch.setattr(DatStepper, "step", original)
+    resumed, info = _train(data, tmp_path)
+    assert info["resumed_from"] == 3 and not tmp_path.exists()  # the folder goes once training ends
+    assert state_hash(resumed.state_dict()) == state_hash(uninterrupted.state_dict())
+
+
+def test_a_corrupt_checkpoint_is_skipped_and_a_changed_recipe_starts_over(data, tmp_path: Path, monkeypatch):
+    from advsuite.distributed import checkpoint
+
+    state = {"step": 3, "model": {}}
+    checkpoint.save(tmp_path, 3, state, "digest-a")
+    checkpoint.save(tmp_path, 6, state, "digest-a")
+    (tmp_path / "step-000006.pt").write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match="step-000006.pt: its sha256 does not match"):
+        assert checkpoint.latest(tmp_path, "digest-a").step == 3  # type: ignore[union-attr]
+    assert checkpoint.latest(tmp_path, "digest-b") is None  # another recipe's checkpoints are not resumed
+
+
+def test_deterministic_mode_reruns_bitwise(data):
+    from advsuite.seeding import configure_determinism
+
+    was, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    try:
+        assert configure_determinism()["deterministic_algorithms"] is True
+        first, _ = _train(data, None)
+        second, _ = _train(data, None)
+    finally:
+        torch.use_deterministic_algorithms(was)
+        torch.set_num_threads(threads)
+    assert state_hash(first.state_dict()) == state_hash(second.state_dict())

@@ -20,8 +20,10 @@ it from a correct distributed run. Where our defaults differ from the authors' c
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,6 +46,7 @@ from advsuite.training import (
     ramped,
 )
 
+from . import checkpoint
 from .bugs import check_bug
 
 if TYPE_CHECKING:
@@ -190,13 +193,15 @@ class DatStepper:
                     x_adv = self.adv_inputs.get(_key(step, worker), x_adv).to(device)
                 last = i == len(self.workers) - 1
                 with self._no_sync(last), self._autocast():
-                    logits = self.net(x_adv)
-                    adv_ce = F.cross_entropy(logits.float(), yw)
-                    loss = adv_ce
-                    if recipe.clean_loss:
-                        with tracer.scope("clean"):
-                            clean_ce = F.cross_entropy(self.net(xw).float(), yw)
-                        loss = loss + clean_ce
+                    with torch.random.fork_rng(devices=_devices(device)):  # dropout: a stream per worker and step
+                        torch.manual_seed(derive_seed(self.seed, "dropout", step, worker))
+                        logits = self.net(x_adv)
+                        adv_ce = F.cross_entropy(logits.float(), yw)
+                        loss = adv_ce
+                        if recipe.clean_loss:
+                            with tracer.scope("clean"):
+                                clean_ce = F.cross_entropy(self.net(xw).float(), yw)
+                            loss = loss + clean_ce
                     (loss * scale).backward()
                 after.append({n: b.detach().clone() for n, b in float_buffers(model).items()})
             sums["loss"] += float(loss.detach()) * len(yw)
@@ -213,6 +218,20 @@ class DatStepper:
         if self.hook_state is not None:
             self.hook_state.step = step + 1
         return sums
+
+    def state(self, step: int) -> dict[str, Any]:
+        """What a checkpoint holds after ``step`` steps (random streams are derived from the step: no RNG state)."""
+        return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> int:
+        """Restore a checkpoint on this process; the step to continue from."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.hook_state is not None:
+            self.hook_state.step = int(state["step"])
+        return int(state["step"])
 
     def _average_buffers(self, after: list[dict[str, torch.Tensor]]) -> None:
         """The mean over this process's workers, then over processes (one all-reduce)."""
@@ -239,6 +258,10 @@ class DatStepper:
         if self.hook_state is None or not self.hook_state.bytes_sent:
             return 0.0
         return sum(self.hook_state.bytes_sent.values()) / len(self.hook_state.bytes_sent)
+
+
+def _devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def _key(step: int, worker: int) -> str:
@@ -286,25 +309,42 @@ def train_dat(
     device: torch.device | str = "cpu",
     seed: int = 0,
     verbose: bool = True,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with DAT on this process's share (all of it without torchrun); returns what
-    :func:`advsuite.training.train_classifier` returns plus ``world_size``, ``workers``, ``bytes_per_step``
-    and ``images_per_s``. Every process ends with the same weights."""
+    :func:`advsuite.training.train_classifier` returns plus ``world_size``, ``workers``, ``bytes_per_step``,
+    ``images_per_s`` and ``resumed_from`` (a step, or None). Every process ends with the same weights.
+
+    With ``checkpoint_dir``, rank 0 writes a checkpoint every ``recipe.checkpoint_every`` steps (0: every
+    epoch), and a run started again with the same recipe resumes from the newest complete one (the folder is
+    removed once training ends)."""
     device = resolve_device(device)
     ctx = init_context(device)
     try:
         model.to(ctx.device)
         x, y = training_tensors(data, recipe, seed)
         stepper = DatStepper(model, recipe, x, y, seed=seed, ctx=ctx)
+        digest = recipe.digest({"seed": seed, "n_train": len(x)})
+        saved = checkpoint.latest(checkpoint_dir, digest)
+        first = 0
+        if saved is not None:
+            first = stepper.load_state(saved.state)
+            if verbose and ctx.is_writer:
+                tqdm.write(f"resuming DAT from step {first} ({saved.path})")
+        every = recipe.checkpoint_every or stepper.steps_per_epoch
         show = verbose and ctx.is_writer
-        bar = tqdm(total=stepper.total, desc=f"train dat {getattr(model, 'name', '')}", unit="step", disable=not show)
+        bar = tqdm(total=stepper.total, initial=first, desc=f"train dat {getattr(model, 'name', '')}", unit="step",
+                   disable=not show)  # fmt: skip
         start, step, sums = time.perf_counter(), 0, {}
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=_devices(ctx.device)):
             torch.manual_seed(derive_seed(seed, "global", ctx.rank))
             model.train()
             for epoch in range(recipe.epochs):
                 sums = dict.fromkeys(("loss", "clean_ce", "adv_ce", "correct", "seen"), 0.0)
                 for batch in stepper.plan.epoch(epoch):
+                    if step < first:  # done before the run was stopped
+                        step += 1
+                        continue
                     for name, value in stepper.step(step, batch).items():
                         sums[name] += value
                     step += 1
@@ -312,8 +352,14 @@ def train_dat(
                     seen = max(1.0, sums["seen"])
                     shown = {k: f"{sums[k] / seen:.3f}" for k in ("adv_ce", "clean_ce")}  # rank 0's workers
                     bar.set_postfix(epoch=epoch + 1, **shown, acc=f"{sums['correct'] / seen:.3f}")
+                    if checkpoint_dir is not None and step % every == 0 and step < stepper.total:
+                        if ctx.is_writer:
+                            checkpoint.save(checkpoint_dir, step, stepper.state(step), digest)
+                        torch.distributed.barrier()
         bar.close()
         seconds = time.perf_counter() - start
+        if checkpoint_dir is not None and ctx.is_writer:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # trained: the caller stores the model
         model.eval()
         accuracy, n_test = evaluate_accuracy(
             model,
@@ -323,6 +369,7 @@ def train_dat(
             seed=seed,
         )
         seen = max(1.0, sums.get("seen", 0.0))
+        ran = step - first
         return {
             "test_accuracy": accuracy,
             "n_test": n_test,
@@ -338,7 +385,8 @@ def train_dat(
             "world_size": ctx.world_size,
             "workers": recipe.workers,
             "bytes_per_step": stepper.bytes_per_step(),
-            "images_per_s": step * recipe.batch_size / max(seconds, 1e-9),
+            "images_per_s": ran * recipe.batch_size / max(seconds, 1e-9),
+            "resumed_from": first if saved is not None else None,
         }
     finally:
         ctx.close()

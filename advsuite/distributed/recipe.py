@@ -40,6 +40,8 @@ class DatRecipe(Recipe):
     precision: str = "fp32"
     #: a silent bug injected on purpose (advsuite.distributed.bugs), for proving the tracer; never on by default
     bug: str = "none"
+    #: a checkpoint every this many steps (0: at the end of every epoch); not part of the cache key
+    checkpoint_every: int = 0
 
     def validate(self) -> None:
         super().validate()
@@ -55,6 +57,7 @@ class DatRecipe(Recipe):
             (1 <= self.compression_bits <= 7, "compression_bits must be in [1, 7]"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.bug in BUGS, f"bug must be one of {', '.join(BUGS)}"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]  # fmt: skip
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -62,6 +65,7 @@ class DatRecipe(Recipe):
 
     def digest(self, extra: Mapping[str, Any] | None = None) -> str:
         recipe = self.to_dict()
+        recipe.pop("checkpoint_every")  # when checkpoints are written does not change the model
         if not self.adv_eps_warmup:
             recipe.pop("adv_eps_warmup")
         return content_key({"recipe": recipe, **dict(extra or {})})

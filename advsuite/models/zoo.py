@@ -144,7 +144,8 @@ def load_model(
         model.info = {**base_info, **cached, "source": "cache", "path": str(entry.weights)}
         _report(model)
         return model
-    source, metrics = _obtain_weights(model, parsed, data, merged, base_info, dev, seed, verbose)
+    checkpoints = entry.path.with_name(entry.path.name + ".checkpoints")  # train=dat resumes from these
+    source, metrics = _obtain_weights(model, parsed, data, merged, base_info, dev, seed, verbose, checkpoints)
     model.to(dev).eval()
     if metrics is None:
         accuracy, n = evaluate_accuracy(
@@ -225,12 +226,14 @@ def _obtain_weights(
     dev: torch.device,
     seed: int,
     verbose: bool,
+    checkpoints: Path | None = None,
 ) -> tuple[str, dict[str, Any] | None]:
     """Hub weights (fine-tuned when the head is new) or training from scratch: ``(source, training metrics)``."""
     arch = parsed["arch"]
     if not parsed["hub"]:
         log.info("%s: no cached weights for %s (key %s); training on %s", arch, data.name, base_info["cache_key"], dev)
-        return "trained", train_classifier(model, data, recipe, device=dev, seed=seed, verbose=verbose)
+        return "trained", train_classifier(model, data, recipe, device=dev, seed=seed, verbose=verbose,
+                                           checkpoint_dir=checkpoints)  # fmt: skip
     net, adaptation, head_reset = _hub(arch, data, parsed["kwargs"], verbose)
     model.net = net
     base_info["adaptation"] = adaptation

@@ -31,6 +31,12 @@ def run_task(cfg: DictConfig) -> object:
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
     check_launch(cfg)
+    if cfg.get("deterministic") is True:
+        from advsuite.seeding import configure_determinism
+
+        configure_determinism()
+    elif cfg.get("deterministic") not in (False, None):
+        raise ConfigError(f"deterministic must be true or false, got {cfg.get('deterministic')!r}")
     if name != "evaluate":
         check_run_options(cfg)
     module, function = TASKS[name].split(":")

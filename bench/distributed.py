@@ -1,0 +1,234 @@
+"""Distributed adversarial training: does tracing find every bug without false alarms, does DAT train
+robust models, and what do processes, tracing and determinism cost on this machine.
+
+Sections (``--section``, default all):
+
+- ``tracing``: the `smallcnn` CIFAR-10 model at its initial weights, 3 DAT steps of a 64-image global batch on
+  2 gloo processes, traced against the single-process reference. Correct runs over seeds 0, 1, 2 in fp32 and
+  bf16, with one and two workers per process: the verdict, and the largest error ÷ bound over every
+  tensor (the margin on the clean side). Every injectable bug in fp32 and bf16 (seed 0): detected?, the first
+  divergent tensor, its error ÷ bound (the margin on the bug side), and whether it is the tensor the bug's
+  table entry names (localised).
+- ``throughput``: 20 DAT steps (global batch 128, PGD 10 steps) of `smallcnn` on CIFAR-10 in one process
+  and in two (torchrun): images per second; then one process with the tracer attached, and with
+  ``deterministic=true``.
+- ``quality``: CIFAR-10 (a 10k-image subset), `smallcnn`, ε 8/255, 10 epochs at a global batch of 512:
+  single-process PGD-AT (``train=pgd_at``) against DAT-PGD on 2 processes (LALR), DAT with SGD, DAT-FGSM and
+  DAT with the quantiser or natural compression: clean and PGD / AutoAttack robust accuracy on 500 test
+  images, bytes per step, training time.
+
+    export ADVSUITE_DATA=/work/shared/data
+    python bench/distributed.py --section tracing
+    python bench/distributed.py --markdown
+
+Results accumulate in ``--json`` (default bench/results/distributed.json), keyed ``section/name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from advsuite.configs import plugin_overrides, to_plain
+from advsuite.device import provenance
+from advsuite.distributed.bugs import BUGS
+from advsuite.distributed.dat import training_tensors
+from advsuite.distributed.recipe import DatRecipe
+from advsuite.distributed.tracing import spawn_trace, trace_verdict
+from advsuite.models.zoo import _build, parse_spec
+from advsuite.training import Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the traced scenarios' recipe: small enough for seconds per scenario, a real model and real images
+TRACE = {"trainer": "dat", "epochs": 1, "batch_size": 64, "workers": 2, "adversarial": "pgd", "warmup_epochs": 0.0,
+         "adv_eps": 8 / 255, "adv_steps": 3, "adv_step_size": 2 / 255, "optimizer": "lalr", "lr": 0.01,
+         "weight_decay": 1e-4}  # fmt: skip
+TRACE_STEPS = 3
+
+
+def _model_and_data(seed: int) -> tuple[Any, Any]:
+    cfg = compose("config", plugin_overrides(["dataset=cifar10_npz", "model=smallcnn"]))
+    data = instantiate(cfg.dataset)
+    model, _ = _build(parse_spec(to_plain(cfg.model)), data, seed)
+    return model, data
+
+
+def tracing(save: Any) -> None:
+    def scenarios() -> list[tuple[str, int, DatRecipe]]:
+        out = []
+        for precision in ("fp32", "bf16"):
+            for seed in (0, 1, 2):
+                for workers in (2, 4):
+                    recipe = Recipe.coerce({**TRACE, "workers": workers, "precision": precision})
+                    out.append((f"clean/{precision}/w{workers}/seed{seed}", seed, recipe))
+            for bug in BUGS:
+                if bug != "none":
+                    workers = 4 if bug == "accum_unscaled" else 2
+                    recipe = Recipe.coerce({**TRACE, "workers": workers, "precision": precision, "bug": bug})
+                    out.append((f"bug/{precision}/{bug}", 0, recipe))
+        return out  # type: ignore[return-value]
+
+    for seed in (0, 1, 2):
+        todo = [(name, recipe) for name, s, recipe in scenarios() if s == seed]
+        model, data = _model_and_data(seed)
+        x, y = training_tensors(data, todo[0][1], seed)
+        x, y = x[:512], y[:512]
+        start = time.perf_counter()
+        runs = spawn_trace(model, [r for _, r in todo], x, y, seed=seed, steps=TRACE_STEPS, world=2)
+        spawn_s = time.perf_counter() - start
+        for (name, recipe), (traces, init) in zip(todo, runs, strict=True):
+            verdict = trace_verdict(model, init, recipe, x, y, seed, TRACE_STEPS, traces)
+            worst = max(verdict.comparisons, key=lambda c: c.ratio)
+            first = verdict.first_divergent
+            row: dict[str, Any] = {"verdict": "equivalent" if first is None else "divergent",
+                                   "n_tensors": len(verdict.comparisons), "max_ratio": worst.ratio,
+                                   "max_ratio_key": worst.key, "spawn_s_all_scenarios": spawn_s}  # fmt: skip
+            if first is not None:
+                path, kind = BUGS[recipe.bug].site
+                localised = recipe.bug != "none" and f":{kind}" in first.key and path in first.key
+                row |= {"first": first.key, "first_ratio": first.ratio, "first_floor": first.noise_floor,
+                        "localised": localised}  # fmt: skip
+            save(f"tracing/{name}", row)
+
+
+def _train_command(*extra: str, processes: int = 1, recipe: str = "dat") -> list[str]:
+    base = ["-m", "advsuite", "task=train", f"train={recipe}", "dataset=cifar10_npz", "model=smallcnn", *extra]
+    if processes == 1:
+        return [sys.executable, *base]
+    return [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", str(processes),
+            *base]  # fmt: skip
+
+
+def _run_training(command: list[str], home: str) -> dict[str, Any]:
+    env = {**os.environ, "ADVSUITE_HOME": home}
+    start = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    meta = json.loads(next(Path(home).glob("zoo/**/meta.json")).read_text())
+    metrics = meta["train_metrics"]
+    return {"wall_s": wall, "images_per_s": metrics["images_per_s"], "train_seconds": metrics["train_seconds"],
+            "clean_accuracy": metrics["test_accuracy"], "bytes_per_step": metrics["bytes_per_step"],
+            "world_size": metrics["world_size"]}  # fmt: skip
+
+
+def throughput(save: Any) -> None:
+    steps = ["train.epochs=1", "train.train_subset=2560", "train.batch_size=128", "train.warmup_epochs=0",
+             "train.test_subset=256"]  # fmt: skip
+    runs = {
+        "1_process": (_train_command(*steps), {}),
+        "2_processes": (_train_command(*steps, processes=2), {"OMP_NUM_THREADS": "1"}),
+        "1_process_deterministic": (_train_command(*steps, "deterministic=true"), {}),
+    }
+    for name, (command, env) in runs.items():
+        with tempfile.TemporaryDirectory() as home:
+            os.environ.update(env)
+            try:
+                save(f"throughput/{name}", _run_training(command, home) | {"steps": 20, "global_batch": 128})
+            finally:
+                for key in env:
+                    os.environ.pop(key, None)
+
+
+QUALITY = ["train.epochs=10", "train.train_subset=10000", "train.batch_size=512", "train.test_subset=2000"]
+
+
+def quality(save: Any, only: list[str] | None) -> None:
+    runs = {
+        "pgd_at_1_process": _train_command(*QUALITY, "train.adv_steps=10", recipe="pgd_at"),
+        "dat_pgd_lalr_2_processes": _train_command(*QUALITY, processes=2),
+        "dat_pgd_sgd_2_processes": _train_command(*QUALITY, "train.optimizer=sgd", "train.lr=0.05", processes=2),
+        "dat_fgsm_2_processes": _train_command(
+            *QUALITY, "train.adversarial=fast", "train.adv_step_size=null", processes=2
+        ),
+        "dat_quantize_2_processes": _train_command(*QUALITY, "train.compression=quantize", processes=2),
+        "dat_natural_2_processes": _train_command(*QUALITY, "train.compression=natural", processes=2),
+    }
+    for name, command in runs.items():
+        if only and name not in only:
+            continue
+        with tempfile.TemporaryDirectory() as home:
+            row = _run_training(command, home)
+            row |= _robust_accuracy(home, command)
+            save(f"quality/{name}", row)
+
+
+def _robust_accuracy(home: str, command: list[str]) -> dict[str, Any]:
+    """PGD-20 and AutoAttack robust accuracy of the trained model on 500 test images (one process)."""
+    train_args = [a for a in command if a.startswith(("train", "dataset", "model"))]
+    train_args = [a for a in train_args if a != "task=train"]
+    out = {}
+    for attack, key in ((["attack=pgd", "attack.eps=[0.0313725]", "attack.steps=20"], "pgd20"),
+                        (["attack=autoattack", "attack.eps=0.0313725"], "autoattack")):  # fmt: skip
+        env = {**os.environ, "ADVSUITE_HOME": home}
+        args = [sys.executable, "-m", "advsuite", "task=evaluate", *train_args, *attack, "n_samples=500"]
+        done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-3000:])
+        record = max(Path(home).glob("runs/**/record.json"), key=lambda p: p.stat().st_mtime)
+        out[key] = json.loads(record.read_text())["metrics"]["robust_accuracy"]
+    return out
+
+
+def markdown(runs: dict[str, Any]) -> str:
+    header = "| run | verdict | first divergent tensor | error ÷ bound | localised | largest ÷ bound |"
+    lines = ["### Tracing", "", header, "|---|---|---|---|---|---|"]
+    for key, row in runs.items():
+        if key.startswith("tracing/"):
+            first = row.get("first", "–")
+            ratio = f"{row['first_ratio']:.3g}" if "first_ratio" in row else "–"
+            lines.append(f"| {key[8:]} | {row['verdict']} | {first} | {ratio} | {row.get('localised', '–')} | "
+                         f"{row['max_ratio']:.3g} |")  # fmt: skip
+    lines += ["", "### Throughput and quality", "", "| run | images/s | clean | PGD-20 | AutoAttack | bytes/step |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for key, row in runs.items():
+        if key.startswith(("throughput/", "quality/")):
+            lines.append(f"| {key} | {row['images_per_s']:.0f} | {row['clean_accuracy']:.3f} | {row.get('pgd20', '–')} "
+                         f"| {row.get('autoattack', '–')} | {row['bytes_per_step']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--section", action="append", help="tracing | throughput | quality (default all)")
+    parser.add_argument("--only", action="append", help="quality: only these runs")
+    parser.add_argument("--json", type=Path, default=Path("bench/results/distributed.json"))
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    runs = json.loads(args.json.read_text())["runs"] if args.json.exists() else {}
+    if args.markdown:
+        print(markdown(runs))
+        return
+
+    def save(key: str, row: dict[str, Any]) -> None:
+        runs[key] = row | provenance()
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"runs": runs}, indent=1))
+        print(key, {k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
+
+    sections = args.section or ["tracing", "throughput", "quality"]
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
+        if "tracing" in sections:
+            tracing(save)
+    if "throughput" in sections:
+        throughput(save)
+    if "quality" in sections:
+        quality(save, args.only)
+    print(markdown(runs))
+
+
+if __name__ == "__main__":
+    main()
