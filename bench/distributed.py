@@ -3,18 +3,20 @@ robust models, and what do processes, tracing and determinism cost on this machi
 
 Sections (``--section``, default all):
 
-- ``tracing``: the `smallcnn` CIFAR-10 model at its initial weights, 3 DAT steps of a 64-image global batch on
-  2 gloo processes, traced against the single-process reference. Correct runs over seeds 0, 1, 2 in fp32 and
-  bf16, with one and two workers per process: the verdict, and the largest error ÷ bound over every
-  tensor (the margin on the clean side). Every injectable bug in fp32 and bf16 (seed 0): detected?, the first
-  divergent tensor, its error ÷ bound (the margin on the bug side), and whether it is the tensor the bug's
-  table entry names (localised).
+- ``tracing``: the `cifarcnn` CIFAR-10 model (four conv + BatchNorm blocks) at its initial weights, 2 DAT
+  steps of a 16-image global batch on 2 gloo processes, traced against the single-process reference (every
+  activation and its gradient is kept: about 130 MB per scenario and process at this size).
+  Correct runs over seeds 0, 1, 2 in fp32 and bf16, with one and two workers per process: the verdict, and
+  the largest error ÷ bound over every tensor (the margin on the clean side). Every injectable bug in fp32 and
+  bf16 (seed 0): detected?, the first divergent tensor, its error ÷ bound (the margin on the bug side), and
+  whether it is the tensor the bug's table entry names (localised).
+- ``overhead``: seconds per DAT step in one process without the tracer, with it (every kind), and with it
+  on parameters only.
 - ``throughput``: 20 DAT steps (global batch 128, PGD 10 steps) of `smallcnn` on CIFAR-10 in one process
-  and in two (torchrun): images per second; then one process with the tracer attached, and with
-  ``deterministic=true``.
+  and in two (torchrun): images per second; then one process with ``deterministic=true``.
 - ``quality``: CIFAR-10 (a 10k-image subset), `smallcnn`, ε 8/255, 10 epochs at a global batch of 512:
   single-process PGD-AT (``train=pgd_at``) against DAT-PGD on 2 processes (LALR), DAT with SGD, DAT-FGSM and
-  DAT with the quantiser or natural compression: clean and PGD / AutoAttack robust accuracy on 500 test
+  DAT with the quantiser or natural compression: clean and PGD / AutoAttack robust accuracy on 200 test
   images, bytes per step, training time.
 
     export ADVSUITE_DATA=/work/shared/data
@@ -27,6 +29,7 @@ Results accumulate in ``--json`` (default bench/results/distributed.json), keyed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -45,20 +48,20 @@ from advsuite.device import provenance
 from advsuite.distributed.bugs import BUGS
 from advsuite.distributed.dat import training_tensors
 from advsuite.distributed.recipe import DatRecipe
-from advsuite.distributed.tracing import spawn_trace, trace_verdict
+from advsuite.distributed.tracing import iter_spawned, trace_verdict
 from advsuite.models.zoo import _build, parse_spec
 from advsuite.training import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the traced scenarios' recipe: small enough for seconds per scenario, a real model and real images
-TRACE = {"trainer": "dat", "epochs": 1, "batch_size": 64, "workers": 2, "adversarial": "pgd", "warmup_epochs": 0.0,
+TRACE = {"trainer": "dat", "epochs": 1, "batch_size": 16, "workers": 2, "adversarial": "pgd", "warmup_epochs": 0.0,
          "adv_eps": 8 / 255, "adv_steps": 3, "adv_step_size": 2 / 255, "optimizer": "lalr", "lr": 0.01,
          "weight_decay": 1e-4}  # fmt: skip
-TRACE_STEPS = 3
+TRACE_STEPS = 2
 
 
 def _model_and_data(seed: int) -> tuple[Any, Any]:
-    cfg = compose("config", plugin_overrides(["dataset=cifar10_npz", "model=smallcnn"]))
+    cfg = compose("config", plugin_overrides(["dataset=cifar10_npz", "model=cifarcnn"]))
     data = instantiate(cfg.dataset)
     model, _ = _build(parse_spec(to_plain(cfg.model)), data, seed)
     return model, data
@@ -84,16 +87,16 @@ def tracing(save: Any) -> None:
         model, data = _model_and_data(seed)
         x, y = training_tensors(data, todo[0][1], seed)
         x, y = x[:512], y[:512]
-        start = time.perf_counter()
-        runs = spawn_trace(model, [r for _, r in todo], x, y, seed=seed, steps=TRACE_STEPS, world=2)
-        spawn_s = time.perf_counter() - start
+        runs = iter_spawned(model, [r for _, r in todo], x, y, seed=seed, steps=TRACE_STEPS, world=2)
         for (name, recipe), (traces, init) in zip(todo, runs, strict=True):
             verdict = trace_verdict(model, init, recipe, x, y, seed, TRACE_STEPS, traces)
             worst = max(verdict.comparisons, key=lambda c: c.ratio)
             first = verdict.first_divergent
             row: dict[str, Any] = {"verdict": "equivalent" if first is None else "divergent",
                                    "n_tensors": len(verdict.comparisons), "max_ratio": worst.ratio,
-                                   "max_ratio_key": worst.key, "spawn_s_all_scenarios": spawn_s}  # fmt: skip
+                                   "max_ratio_key": worst.key,
+                                   "max_adv_flip": max((c.error for c in verdict.comparisons if ":adv_input" in c.key),
+                                                       default=0.0)}  # fmt: skip
             if first is not None:
                 path, kind = BUGS[recipe.bug].site
                 localised = recipe.bug != "none" and f":{kind}" in first.key and path in first.key
@@ -142,6 +145,42 @@ def throughput(save: Any) -> None:
                     os.environ.pop(key, None)
 
 
+def overhead(save: Any) -> None:
+    """Seconds per DAT step (smallcnn, CIFAR-10, global batch 128, one process) without and with the tracer:
+    all kinds, and parameters only; 10 steps each after 2 warm-up steps, alternated three times."""
+    from advsuite.distributed.context import init_context
+    from advsuite.distributed.dat import DatStepper
+    from advsuite.distributed.tracer import Tracer
+
+    cfg = compose("config", plugin_overrides(["dataset=cifar10_npz", "model=smallcnn"]))
+    data = instantiate(cfg.dataset)
+    recipe = Recipe.coerce({**TRACE, "batch_size": 128, "adv_steps": 10})
+    x, y = training_tensors(data, recipe, 0)
+    ctx = init_context(torch.device("cpu"))
+    times: dict[str, list[float]] = {"untraced": [], "all kinds": [], "parameters only": []}
+    try:
+        for _ in range(3):
+            for name in times:
+                model, _ = _build(parse_spec(to_plain(cfg.model)), data, 0)
+                stepper = DatStepper(model, recipe, x, y, seed=0, ctx=ctx)
+                kinds = {"all kinds": None, "parameters only": ("param_grad", "param")}.get(name, ())
+                tracer = None if name == "untraced" else Tracer(stepper.net, stepper.optimizer, **(
+                    {"kinds": kinds} if kinds else {}))  # fmt: skip
+                stepper.tracer = tracer
+                batches = stepper.plan.epoch(0)
+                model.train()
+                for step in range(12):
+                    if step == 2:
+                        start = time.perf_counter()
+                    with tracer.step(step) if tracer else contextlib.nullcontext():
+                        stepper.step(step, batches[step])
+                times[name].append((time.perf_counter() - start) / 10)
+    finally:
+        ctx.close()
+    for name, values in times.items():
+        save(f"overhead/{name}", {"s_per_step": sorted(values)[1], "all": values, "global_batch": 128})
+
+
 QUALITY = ["train.epochs=10", "train.train_subset=10000", "train.batch_size=512", "train.test_subset=2000"]
 
 
@@ -166,14 +205,14 @@ def quality(save: Any, only: list[str] | None) -> None:
 
 
 def _robust_accuracy(home: str, command: list[str]) -> dict[str, Any]:
-    """PGD-20 and AutoAttack robust accuracy of the trained model on 500 test images (one process)."""
+    """PGD-20 and AutoAttack robust accuracy of the trained model on 200 test images (one process)."""
     train_args = [a for a in command if a.startswith(("train", "dataset", "model"))]
     train_args = [a for a in train_args if a != "task=train"]
     out = {}
     for attack, key in ((["attack=pgd", "attack.eps=[0.0313725]", "attack.steps=20"], "pgd20"),
                         (["attack=autoattack", "attack.eps=0.0313725"], "autoattack")):  # fmt: skip
         env = {**os.environ, "ADVSUITE_HOME": home}
-        args = [sys.executable, "-m", "advsuite", "task=evaluate", *train_args, *attack, "n_samples=500"]
+        args = [sys.executable, "-m", "advsuite", "task=evaluate", *train_args, *attack, "n_samples=200"]
         done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-3000:])
@@ -202,7 +241,7 @@ def markdown(runs: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", action="append", help="tracing | throughput | quality (default all)")
+    parser.add_argument("--section", action="append", help="tracing | overhead | throughput | quality (default all)")
     parser.add_argument("--only", action="append", help="quality: only these runs")
     parser.add_argument("--json", type=Path, default=Path("bench/results/distributed.json"))
     parser.add_argument("--markdown", action="store_true")
@@ -218,11 +257,13 @@ def main() -> None:
         args.json.write_text(json.dumps({"runs": runs}, indent=1))
         print(key, {k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
 
-    sections = args.section or ["tracing", "throughput", "quality"]
+    sections = args.section or ["tracing", "overhead", "throughput", "quality"]
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
         if "tracing" in sections:
             tracing(save)
+        if "overhead" in sections:
+            overhead(save)
     if "throughput" in sections:
         throughput(save)
     if "quality" in sections:

@@ -152,3 +152,49 @@ def test_deterministic_mode_reruns_bitwise(data):
         torch.use_deterministic_algorithms(was)
         torch.set_num_threads(threads)
     assert state_hash(first.state_dict()) == state_hash(second.state_dict())
+
+
+def _rank_dies_at_step_4(rank: int, port: int, folder: str, data) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from advsuite.distributed.dat import WorkerLostError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    original = DatStepper.step
+
+    def step(self, index, batch):
+        if rank == 1 and index == 4:
+            os._exit(9)  # killed mid-run
+        return original(self, index, batch)
+
+    DatStepper.step = step  # type: ignore[method-assign]
+    torch.manual_seed(0)
+    model = Classifier(TinyBN(), num_classes=10, input_shape=(1, 12, 12), name="tiny")
+    try:
+        train_dat(
+            model, _bundle(data), recipe(epochs=2, checkpoint_every=3), verbose=False, checkpoint_dir=Path(folder)
+        )
+    except WorkerLostError as exc:
+        (Path(folder) / "rank0-error.txt").write_text(str(exc))
+
+
+def test_a_process_that_dies_stops_the_others_with_a_clear_error_and_a_valid_checkpoint(data, tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    from advsuite.distributed import checkpoint
+    from advsuite.distributed.tracing import _free_port
+
+    # join each process ourselves: mp.spawn's own join would kill rank 0 as soon as rank 1 died
+    context = mp.spawn(_rank_dies_at_step_4, args=(_free_port(), str(tmp_path), data), nprocs=2, join=False)
+    for process in context.processes:
+        process.join(120)
+    assert [p.exitcode for p in context.processes] == [0, 9]
+    message = (tmp_path / "rank0-error.txt").read_text()
+    assert "another DAT process stopped during step 4, so rank 0 of 2 stops too" in message
+    assert "step-000003.pt; run the same command again to resume" in message
+    recipe_digest = recipe(epochs=2, checkpoint_every=3).digest({"seed": 0, "n_train": 64})
+    assert checkpoint.latest(tmp_path, recipe_digest).step == 3  # type: ignore[union-attr]

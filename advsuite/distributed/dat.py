@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from advsuite.adversarial_training import pgd_examples
 from advsuite.data.bundle import DataBundle, as_tensors
 from advsuite.device import resolve_device
+from advsuite.errors import AdvsuiteError
 from advsuite.seeding import derive_seed
 from advsuite.training import (
     _optimizer,
@@ -260,6 +261,26 @@ class DatStepper:
         return sum(self.hook_state.bytes_sent.values()) / len(self.hook_state.bytes_sent)
 
 
+class WorkerLostError(AdvsuiteError):
+    """Another DAT process stopped (killed, crashed or unreachable) while this one waited for it."""
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """A collective failed because a peer went away (not an error of this process's own computation)."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.distributed.DistError) or any(
+        word in text for word in ("gloo", "nccl", "connection", "peer", "socket")
+    )
+
+
+def _lost_message(ctx: DistContext, step: int, folder: Path | None, exc: BaseException) -> str:
+    saved = sorted(folder.glob("step-*.json")) if folder is not None and folder.is_dir() else []
+    last = f"the last complete checkpoint is {saved[-1].with_suffix('.pt')}" if saved else "no checkpoint was written"
+    return (f"another DAT process stopped during step {step}, so rank {ctx.rank} of {ctx.world_size} stops too "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); torchrun's summary names the rank that "
+            f"failed first. {last}; run the same command again to resume")  # fmt: skip
+
+
 def _devices(device: torch.device) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
@@ -345,8 +366,13 @@ def train_dat(
                     if step < first:  # done before the run was stopped
                         step += 1
                         continue
-                    for name, value in stepper.step(step, batch).items():
-                        sums[name] += value
+                    try:
+                        for name, value in stepper.step(step, batch).items():
+                            sums[name] += value
+                    except RuntimeError as exc:  # DistError is one
+                        if ctx.world_size == 1 or not _peer_lost(exc):
+                            raise
+                        raise WorkerLostError(_lost_message(ctx, step, checkpoint_dir, exc)) from exc
                     step += 1
                     bar.update(1)
                     seen = max(1.0, sums["seen"])

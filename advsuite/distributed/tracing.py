@@ -9,9 +9,11 @@ values); :func:`reference_steps` replays the steps in one process; :func:`trace_
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ from .tracer import Trace, TraceKey, Tracer
 REPLICATED = ("param_grad", "param", "buffer")
 
 
-def _run(stepper: DatStepper, model: nn.Module, tracer: Tracer, steps: int) -> Trace:
+def _run(stepper: DatStepper, model: nn.Module, tracer: Tracer, steps: int, start_each_step: Any = None) -> Trace:
+    """``steps`` traced steps; ``start_each_step(step)`` runs before each (the reference's re-synchronisation)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model.train()
@@ -41,6 +44,8 @@ def _run(stepper: DatStepper, model: nn.Module, tracer: Tracer, steps: int) -> T
             for batch in stepper.plan.epoch(epoch):
                 if step == steps:
                     break
+                if start_each_step is not None:
+                    start_each_step(step)
                 with tracer.step(step):
                     if step == 0:
                         with tracer.micro(0):
@@ -71,23 +76,39 @@ def reference_steps(
     y: torch.Tensor,
     seed: int,
     steps: int,
-    adv_inputs: dict[str, torch.Tensor] | None = None,
+    candidate: Trace | None = None,
     perturb: float = 0.0,
 ) -> Trace:
-    """The same steps in this process: every worker in turn, no DDP, no injected bug, rank 0's initial state
-    (``perturb``: its floating-point values each scaled by ``1 + perturb·N(0, 1)``, the noise-floor run)."""
+    """The same steps in this process: every worker in turn, no DDP, no injected bug, rank 0's initial state.
+
+    With ``candidate`` (the distributed run's merged trace), every step starts from where the candidate's
+    previous step ended (its weights and buffers) and uses its adversarial examples, so each step is compared
+    from the same state and round-off cannot compound across steps (a ReLU or max-pool that flips on a
+    last-bit difference would otherwise make a later step look divergent). ``perturb``: the weights are scaled
+    by ``1 + perturb·N(0, 1)`` at the start of every step, the noise-floor run."""
     model = copy.deepcopy(model)
     model.load_state_dict(init)
-    if perturb:
-        gen = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(1 + perturb * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
     clean = DatRecipe(**{**recipe.to_dict(), "bug": "none", "compression": "none"})
-    stepper = DatStepper(model, clean, x, y, seed=seed, ctx=None, adv_inputs=adv_inputs)
+    stepper = DatStepper(model, clean, x, y, seed=seed, ctx=None, adv_inputs=adversarial_inputs(candidate))
     tracer = Tracer(model, stepper.optimizer)
     stepper.tracer = tracer
-    return _run(stepper, model, tracer, steps)
+    gen = torch.Generator().manual_seed(1)
+    end = recipe.workers  # the micro index of what happens after every worker
+
+    def start(step: int) -> None:
+        with torch.no_grad():
+            if candidate is not None and step > 0:
+                state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+                for name, tensor in state.items():
+                    for kind in ("param", "buffer"):
+                        key = str(TraceKey(step - 1, end, name, kind))
+                        if key in candidate.tensors:
+                            tensor.copy_(candidate.tensors[key])
+            if perturb:
+                for p in model.parameters():
+                    p.mul_(1 + perturb * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
+
+    return _run(stepper, model, tracer, steps, start)
 
 
 def merge_ranks(traces: list[Trace]) -> tuple[Trace, list[Comparison]]:
@@ -111,7 +132,9 @@ def merge_ranks(traces: list[Trace]) -> tuple[Trace, list[Comparison]]:
     return merged, replicas
 
 
-def adversarial_inputs(trace: Trace) -> dict[str, torch.Tensor]:
+def adversarial_inputs(trace: Trace | None) -> dict[str, torch.Tensor] | None:
+    if trace is None:
+        return None
     return {k: t for k, t in trace.tensors.items() if TraceKey.parse(k).kind == "adv_input"}
 
 
@@ -135,11 +158,13 @@ def trace_verdict(
             "replay the compressors' random draws; trace with compression=none"
         )
     candidate, replicas = merge_ranks(traces)
-    adv = adversarial_inputs(candidate)
-    reference = reference_steps(model, init, recipe, x, y, seed, steps, adv)
-    eps = torch.finfo(torch.bfloat16 if recipe.precision == "bf16" else torch.float32).eps
-    noise = reference_steps(model, init, recipe, x, y, seed, steps, adv, perturb=eps)
-    verdict = compare(reference, candidate, noise=noise, k=k, c=c)
+    reference = reference_steps(model, init, recipe, x, y, seed, steps, candidate)
+    # the floor perturbs at fp32 ε even under bf16: what legitimately differs between the runs from one step to
+    # the next is fp32 round-off in the reductions, carried in the fp32 weights (bf16 rounding of activations
+    # is a deterministic function of them)
+    noise = reference_steps(model, init, recipe, x, y, seed, steps, candidate, perturb=torch.finfo(torch.float32).eps)
+    low = torch.bfloat16 if recipe.precision == "bf16" else None
+    verdict = compare(reference, candidate, noise=noise, k=k, c=c, compute_dtype=low, updates=True)
     if replicas:  # each at its place in execution order: after the same key of rank 0
         position = {c.key: i for i, c in enumerate(verdict.comparisons)}
         merged = sorted(
@@ -166,14 +191,34 @@ def _worker(rank: int, world: int, port: int, payload: dict[str, Any], out: str)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         ctx = DistContext(rank, world, torch.device("cpu"), owns_group=False)
-        results = []
-        for recipe in payload["recipes"]:  # one process group for every scenario: processes start once
+        for i, recipe in enumerate(payload["recipes"]):  # one process group for every scenario: one start-up
             model = copy.deepcopy(payload["model"])
-            results.append(traced_steps(model, recipe, payload["x"], payload["y"], payload["seed"], payload["steps"],
-                                        ctx))  # fmt: skip
-        torch.save(results, Path(out) / f"rank{rank}.pt")
+            result = traced_steps(model, recipe, payload["x"], payload["y"], payload["seed"], payload["steps"], ctx)
+            torch.save(result, Path(out) / f"s{i}-rank{rank}.pt")  # to disk at once: traces are large
+            del result, model
+            gc.collect()
     finally:
         dist.destroy_process_group()
+
+
+def iter_spawned(
+    model: nn.Module,
+    recipes: list[DatRecipe],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    steps: int,
+    world: int,
+) -> Iterator[tuple[list[Trace], dict[str, torch.Tensor]]]:
+    """Start ``world`` gloo processes that trace ``steps`` DAT steps of each recipe; then yield, recipe by recipe,
+    the ranks' traces and rank 0's initial state (one recipe's traces in memory at a time)."""
+    payload = {"model": model, "recipes": recipes, "x": x, "y": y, "seed": seed, "steps": steps}
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_worker, args=(world, _free_port(), payload, out), nprocs=world, join=True)
+        for i in range(len(recipes)):
+            saved = [torch.load(Path(out) / f"s{i}-rank{r}.pt", weights_only=False) for r in range(world)]
+            yield [trace for trace, _ in saved], saved[0][1]
 
 
 def spawn_trace(
@@ -186,10 +231,5 @@ def spawn_trace(
     steps: int,
     world: int,
 ) -> list[tuple[list[Trace], dict[str, torch.Tensor]]]:
-    """Start ``world`` gloo processes that trace ``steps`` DAT steps of each recipe; per recipe, the ranks'
-    traces and rank 0's initial state."""
-    payload = {"model": model, "recipes": recipes, "x": x, "y": y, "seed": seed, "steps": steps}
-    with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_worker, args=(world, _free_port(), payload, out), nprocs=world, join=True)
-        saved = [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world)]
-    return [([saved[r][i][0] for r in range(world)], saved[0][i][1]) for i in range(len(recipes))]
+    """:func:`iter_spawned`, every recipe's traces at once (small models)."""
+    return list(iter_spawned(model, recipes, x, y, seed=seed, steps=steps, world=world))
