@@ -49,6 +49,11 @@ def test_a_bad_input_error_is_one_line(tmp_path: Path):
     out = run(tmp_path, "task=train", "train=dat", "train.bug=nope")
     assert out.returncode == 1
     assert "bug must be one of none, grad_sum" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    # task=trace checks what its processes would refuse before it starts them
+    out = run(tmp_path, "task=trace", "train=dat", "train.bug=accum_unscaled")
+    assert out.returncode == 1
+    assert "cannot act in this run: it needs several workers per process" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ BUGS: dict[str, Bug] = {
     "shard_duplicate": Bug(
         "every process reads its workers' shards by local index (all read the first ones)", "world>1", ("data", "input")
     ),
-    "shard_overlap": Bug("worker shards placed at half their size apart (overlapping)", "", ("data", "input")),
+    "shard_overlap": Bug("worker shards placed at half their size apart (overlapping)", "workers>1", ("data", "input")),
     "lr_world_scaling": Bug(
         "learning rate multiplied by the world size at a fixed global batch", "world>1", ("", "param")
     ),
@@ -60,9 +60,12 @@ def check_bug(recipe: DatRecipe, world_size: int, has_bn: bool) -> None:
             ("world>1", world_size > 1, "more than one process (torchrun --nproc-per-node 2)"),
             ("bn", has_bn, "a model with BatchNorm"),
             ("k>1", k > 1, "several workers per process (train.workers a multiple of the process count, > it)"),
+            ("workers>1", recipe.workers > 1, "more than one worker (train.workers=2)"),
         )
         if need in bug.needs and not ok
     ]
+    if recipe.bug in ("grad_sum", "grad_double_avg") and recipe.compression != "none":
+        missing.append("train.compression=none (the bug lives in the plain all-reduce hook)")
     if missing:
         raise ConfigError(
             f"train.bug={recipe.bug} ({bug.description}) cannot act in this run: it needs {' and '.join(missing)}"

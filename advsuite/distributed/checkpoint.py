@@ -45,10 +45,18 @@ def save(folder: Path, step: int, state: dict[str, Any], digest: str) -> Path:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     marker = {"step": step, "sha256": _sha256(path), "recipe": digest}
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(marker)))
-    for old in sorted(folder.glob("step-*.json"))[:-KEEP]:
+    mine = [m for m in sorted(folder.glob("step-*.json")) if _digest_of(m) == digest]
+    for old in mine[:-KEEP]:
         old.unlink(missing_ok=True)
         old.with_suffix(".pt").unlink(missing_ok=True)
     return path
+
+
+def _digest_of(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("recipe")
+    except (OSError, ValueError):
+        return None
 
 
 def latest(folder: Path | None, digest: str) -> Saved | None:

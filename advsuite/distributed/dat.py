@@ -20,7 +20,6 @@ it from a correct distributed run. Where our defaults differ from the authors' c
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,7 +165,7 @@ class DatStepper:
         """One global step; returns this process's sums (loss, clean/adversarial CE, correct, seen)."""
         recipe, tracer, model = self.recipe, self._trace(), self.model
         device = next(model.parameters()).device
-        at_start = {n: b.detach().clone() for n, b in float_buffers(model).items()}
+        at_start = {n: b.detach().clone() for n, b in model.named_buffers()}
         after: list[dict[str, torch.Tensor]] = []
         sums = {"loss": 0.0, "clean_ce": 0.0, "adv_ce": 0.0, "correct": 0.0, "seen": 0.0}
         intended = 1.0 / len(self.workers)  # this process's share: DDP's average over processes does the rest
@@ -183,7 +182,7 @@ class DatStepper:
             xw = augment_batch(self.x[idx].to(device), self.padding, self.flip, aug)
             yw = self.y[idx].to(device)
             with torch.no_grad():  # each worker starts from the step's buffers (its attack reads them in eval mode)
-                for name, b in float_buffers(model).items():
+                for name, b in model.named_buffers():
                     b.copy_(at_start[name])
             with tracer.micro(worker):
                 tracer.record("data", "input", xw)
@@ -204,7 +203,7 @@ class DatStepper:
                                 clean_ce = F.cross_entropy(self.net(xw).float(), yw)
                             loss = loss + clean_ce
                     (loss * scale).backward()
-                after.append({n: b.detach().clone() for n, b in float_buffers(model).items()})
+                after.append({n: b.detach().clone() for n, b in model.named_buffers()})
             sums["loss"] += float(loss.detach()) * len(yw)
             sums["adv_ce"] += float(adv_ce.detach()) * len(yw)
             sums["clean_ce"] += float(clean_ce.detach()) * len(yw) if recipe.clean_loss else 0.0
@@ -239,7 +238,10 @@ class DatStepper:
         if not after or not after[0]:
             return
         with torch.no_grad():
-            for name, b in float_buffers(self.model).items():
+            for name, b in self.model.named_buffers():
+                if not b.is_floating_point():  # counters (num_batches_tracked): every worker counted the same
+                    b.copy_(after[-1][name])
+                    continue
                 local = torch.stack([a[name] for a in after]).sum(0) / len(after)
                 if self.ctx is not None and self.world > 1 and self.recipe.bug != "bn_unsynced":
                     torch.distributed.all_reduce(local)
@@ -276,9 +278,10 @@ def _peer_lost(exc: BaseException) -> bool:
 def _lost_message(ctx: DistContext, step: int, folder: Path | None, exc: BaseException) -> str:
     saved = sorted(folder.glob("step-*.json")) if folder is not None and folder.is_dir() else []
     last = f"the last complete checkpoint is {saved[-1].with_suffix('.pt')}" if saved else "no checkpoint was written"
+    first_line = (str(exc).splitlines() or [""])[0][:200]
     return (f"another DAT process stopped during step {step}, so rank {ctx.rank} of {ctx.world_size} stops too "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); torchrun's summary names the rank that "
-            f"failed first. {last}; run the same command again to resume")  # fmt: skip
+            f"({type(exc).__name__}: {first_line}); torchrun's summary names the rank that failed first. {last}; "
+            "run the same command again to resume")  # fmt: skip
 
 
 def _devices(device: torch.device) -> list[int]:
@@ -337,8 +340,8 @@ def train_dat(
     ``images_per_s`` and ``resumed_from`` (a step, or None). Every process ends with the same weights.
 
     With ``checkpoint_dir``, rank 0 writes a checkpoint every ``recipe.checkpoint_every`` steps (0: every
-    epoch), and a run started again with the same recipe resumes from the newest complete one (the folder is
-    removed once training ends)."""
+    epoch), and a run started again with the same recipe resumes from the newest complete one (the zoo removes
+    the folder once the trained model is stored)."""
     device = resolve_device(device)
     ctx = init_context(device)
     try:
@@ -379,13 +382,16 @@ def train_dat(
                     shown = {k: f"{sums[k] / seen:.3f}" for k in ("adv_ce", "clean_ce")}  # rank 0's workers
                     bar.set_postfix(epoch=epoch + 1, **shown, acc=f"{sums['correct'] / seen:.3f}")
                     if checkpoint_dir is not None and step % every == 0 and step < stepper.total:
-                        if ctx.is_writer:
-                            checkpoint.save(checkpoint_dir, step, stepper.state(step), digest)
-                        torch.distributed.barrier()
+                        try:
+                            if ctx.is_writer:
+                                checkpoint.save(checkpoint_dir, step, stepper.state(step), digest)
+                            torch.distributed.barrier()
+                        except RuntimeError as exc:
+                            if ctx.world_size == 1 or not _peer_lost(exc):
+                                raise
+                            raise WorkerLostError(_lost_message(ctx, step, checkpoint_dir, exc)) from exc
         bar.close()
         seconds = time.perf_counter() - start
-        if checkpoint_dir is not None and ctx.is_writer:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # trained: the caller stores the model
         model.eval()
         accuracy, n_test = evaluate_accuracy(
             model,

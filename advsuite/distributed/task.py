@@ -26,8 +26,10 @@ from advsuite.errors import AdvsuiteError, ConfigError
 from advsuite.training import Recipe
 from advsuite.validation import check_int, check_number
 
+from .bugs import check_bug
 from .context import init_context
-from .dat import training_tensors
+from .dat import has_batchnorm, training_tensors
+from .plan import GlobalBatches, workers_per_rank
 from .recipe import DatRecipe
 from .tracing import spawn_trace, trace_verdict, traced_steps
 
@@ -55,6 +57,16 @@ def run_trace(cfg: DictConfig) -> dict[str, Any]:
     x, y = training_tensors(data, recipe, seed)
     x, y = x[: int(t.train_images)], y[: int(t.train_images)]
     steps = int(t.steps)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world if world > 1 else int(t.world_size)
+    if recipe.compression != "none":  # checked here, before any process starts
+        raise ConfigError(
+            f"tracing a run with train.compression={recipe.compression} is not supported: the reference does not "
+            "replay the compressors' random draws; trace with compression=none"
+        )
+    workers_per_rank(recipe.batch_size, recipe.workers, world)
+    check_bug(recipe, world, has_batchnorm(model))
+    GlobalBatches(len(x), recipe.batch_size, recipe.workers, seed)  # enough images for one global batch
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank traces, rank 0 compares
         ctx = init_context(torch.device("cpu"))
         try:

@@ -20,6 +20,7 @@ import datetime as _dt
 import importlib.metadata
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ def load_model(
         return model
     header = checkpoint_header({"arch": meta["arch"], "dataset": meta["dataset"]})
     meta = entry.store(network_state(model), meta, header)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # a train=dat run's checkpoints: the model is stored now
     model.info = {**meta, "path": str(entry.weights)}
     _report(model)
     return model

@@ -22,7 +22,7 @@ from advsuite.seeding import make_generator
 #: an input gradient with a smaller norm has vanished (float32 softmax saturation underflows to exactly 0)
 VANISHING = 1e-12
 #: bumped when a stage records different details, so a resumed audit does not reuse stages saved before
-STAGE_FORMAT = 2
+STAGE_FORMAT = 3
 
 
 @dataclass
@@ -97,7 +97,7 @@ def pgd_stage(name: str, model: Classifier, x: torch.Tensor, y: torch.Tensor, s:
     x_adv = torch.cat([p[0] for p in parts])
     robust = still_correct(model, x_adv, y, s.batch_size)
     found = torch.cat([p[1] for p in parts]).cpu()
-    vanished = int(torch.cat([p[2] for p in parts]).sum())
+    vanished = torch.cat([p[2] for p in parts]).cpu().tolist()
     trace = torch.cat([p[3] for p in parts], 1).cpu()
     details = {"silent": int((found & robust).sum()), "vanished": vanished, "loss_trace": trace.T.tolist()}
     return Stage(name, kw.get("kind", "whitebox"), robust.tolist(), details)

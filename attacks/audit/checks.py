@@ -153,26 +153,24 @@ def incomplete_share(trace: list[list[float]]) -> float:
 
 
 def naive_gap_check(stages: dict[str, Stage]) -> Check:
-    """Naive PGD against the same PGD made defense-aware (BPDA), or given the margin loss where the
-    cross-entropy's gradient vanished: a gap here is the model hiding from the naive evaluation.
+    """Naive PGD against the same PGD made defense-aware (BPDA), and, on the images where the naive PGD's
+    cross-entropy gradient vanished, given the margin loss: a gap here is the model hiding from the naive
+    evaluation.
 
-    The margin arm counts only when the naive PGD's gradient vanished on some image (a saturated softmax
-    underflows to an exact zero). Where it did not, sign-PGD follows the cross-entropy's direction at any scale,
-    and margin beating cross-entropy is the loss being weaker on this model, not masking: APGD-DLR beats
-    APGD-CE by several points on weak undefended models too (Croce & Hein 2020, table 2). The lowest number
-    is in the report either way.
+    The margin loss counts only on images whose naive gradient vanished (a saturated softmax underflows to an
+    exact zero). Elsewhere sign-PGD follows the cross-entropy's direction at any scale, and margin beating
+    cross-entropy is the loss being weaker on this model, not masking: APGD-DLR beats APGD-CE by several points
+    on weak undefended models too (Croce & Hein 2020, table 2). The lowest number is in the report either way.
     """
     naive = stages["pgd_naive"].accuracy
-    bpda, margin = stages["pgd"].accuracy, stages["pgd_margin"].accuracy
-    vanished = int(stages["pgd_naive"].details.get("vanished", 0))
-    aware = min(bpda, margin) if vanished else bpda
-    why = (
-        f"its gradient vanished on {vanished} images, so the margin loss counts"
-        if vanished
-        else "its gradient never vanished, so the margin loss does not count"
-    )
+    bpda, margin = stages["pgd"], stages["pgd_margin"]
+    vanished = [bool(v) for v in stages["pgd_naive"].details.get("vanished", [False] * len(bpda.robust))]
+    aware = [b and not (v and not m) for b, m, v in zip(bpda.robust, margin.robust, vanished, strict=True)]
+    aware_accuracy = sum(aware) / max(1, len(aware))
     evidence = (
         f"naive PGD (autograd through the defense, cross-entropy) {naive:.3f}; the same PGD through BPDA "
-        f"{bpda:.3f}, with the margin loss {margin:.3f} ({why}); flag above a {NAIVE_GAP} gap"
+        f"{bpda.accuracy:.3f}, with the margin loss {margin.accuracy:.3f}; the gradient vanished on "
+        f"{sum(vanished)} images, where the margin loss counts: defense-aware {aware_accuracy:.3f}; "
+        f"flag above a {NAIVE_GAP} gap"
     )
-    return Check("naive evaluation gap", naive - aware > NAIVE_GAP, evidence)
+    return Check("naive evaluation gap", naive - aware_accuracy > NAIVE_GAP, evidence)

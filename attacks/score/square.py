@@ -11,7 +11,7 @@ The loss is the margin ``log p_y − max_{j≠y} log p_j`` untargeted (it equals
 cross-entropy of the target when targeted; a sample stops once it is adversarial. The window's area
 fraction ``p`` starts at ``p_init`` and is halved at iterations 10, 50, 200, 500, 1k, 2k, 4k, 6k and 8k of a
 10k-query run, rescaled to the budget (the authors' schedule). A proposal whose window would not change the
-image (every value already there, e.g. clipped at the bounds) gets new signs, up to 10 draws, as in the
+image (every value already there, e.g. clipped at the bounds) gets new signs, up to 10 redraws, as in the
 authors' code.
 
 The attack only sees the :class:`ScoreOracle`'s probabilities and every proposal is a counted query (one
@@ -146,13 +146,13 @@ class Square(FixedEpsilonAttack):
         inside_r = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + side)
         inside_c = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + side)
         window = (inside_r[:, :, None] & inside_c[:, None, :])[:, None]  # (n, 1, h, w)
-        # the authors redraw the signs (up to 10 draws) until the window changes the image: the same draws,
+        # the authors redraw the signs (up to 10 times) until the window changes the image: the same draws,
         # vectorised. Channel c's window moves with sign s if any of its pixels does; a draw moves the image
         # if any channel does.
         moved = ((corners - best[:, :, None]).abs() > 1e-7).logical_and_(window[:, :, None]).flatten(3).any(3)
-        draws = torch.randint(0, 2, (n, 10, c), generator=gen, device=best.device)
-        moves = moved[:, None].expand(n, 10, c, 2).gather(3, draws[..., None]).squeeze(3).any(2)  # (n, 10)
-        first = torch.where(moves.any(1), moves.int().argmax(1), 9)
+        draws = torch.randint(0, 2, (n, 11, c), generator=gen, device=best.device)  # the first and 10 redraws
+        moves = moved[:, None].expand(n, 10, c, 2).gather(3, draws[:, :10, :, None]).squeeze(3).any(2)  # (n, 10)
+        first = torch.where(moves.any(1), moves.int().argmax(1), 10)  # none moved: the last draw, unchecked
         signs = draws[torch.arange(n, device=best.device), first]  # (n, c): 0 is −, 1 is +
         chosen = corners.gather(2, signs[:, :, None, None, None].expand(n, c, 1, h, w)).squeeze(2)
         return torch.where(window, chosen, best)
