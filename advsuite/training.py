@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
@@ -88,10 +88,15 @@ class Recipe:
             return coerce_dat({**merged, "trainer": trainer})
         if trainer != "standard":
             raise ConfigError(f"unknown train.trainer {trainer!r}; choose standard or dat")
+        return cls.from_keys(merged)
+
+    @classmethod
+    def from_keys(cls, merged: Mapping[str, Any], what: str = "training recipe") -> Self:
+        """``cls(**merged)``, validated; an unknown key is refused with the valid ones."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(merged) - fields)
         if unknown:
-            raise ConfigError(f"unknown training recipe keys {unknown}; valid keys: {', '.join(sorted(fields))}")
+            raise ConfigError(f"unknown {what} keys {unknown}; valid keys: {', '.join(sorted(fields))}")
         out = cls(**merged)
         out.validate()
         return out

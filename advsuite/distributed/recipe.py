@@ -8,7 +8,6 @@ batch of 512 (theirs 2048), a cosine schedule after the warm-up (theirs: steps o
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,13 +71,7 @@ class DatRecipe(Recipe):
 
 
 def coerce_dat(merged: dict[str, Any]) -> DatRecipe:
-    fields = {f.name for f in dataclasses.fields(DatRecipe)}
-    unknown = sorted(set(merged) - fields)
-    if unknown:
-        raise ConfigError(f"unknown train=dat recipe keys {unknown}; valid keys: {', '.join(sorted(fields))}")
-    out = DatRecipe(**merged)
-    out.validate()
-    return out
+    return DatRecipe.from_keys(merged, "train=dat recipe")
 
 
 __all__ = ["DAT_ADVERSARIAL", "PRECISIONS", "ROBUST_KEYS", "DatRecipe", "coerce_dat"]
