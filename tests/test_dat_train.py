@@ -14,7 +14,7 @@ from advsuite.data.bundle import DataBundle
 from advsuite.distributed.bugs import BUGS
 from advsuite.distributed.dat import DatStepper, train_dat
 from advsuite.distributed.recipe import DatRecipe
-from advsuite.distributed.tracing import spawn_trace, trace_verdict
+from advsuite.distributed.tracing import iter_spawned, trace_verdict
 from advsuite.errors import ConfigError
 from advsuite.models import Classifier
 from advsuite.training import Recipe
@@ -58,7 +58,7 @@ def traced(data):
     torch.manual_seed(0)
     model = TinyBN()
     recipes = [recipe(bug=bug, **kw) for bug, kw in SCENARIOS]
-    runs = spawn_trace(model, recipes, *data, seed=0, steps=2, world=2)
+    runs = list(iter_spawned(model, recipes, *data, seed=0, steps=2, world=2))
     return model, recipes, runs
 
 

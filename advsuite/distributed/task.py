@@ -31,7 +31,7 @@ from .context import init_context
 from .dat import has_batchnorm, training_tensors
 from .plan import GlobalBatches, workers_per_rank
 from .recipe import DatRecipe
-from .tracing import spawn_trace, trace_verdict, traced_steps
+from .tracing import iter_spawned, trace_verdict, traced_steps
 
 
 class DivergenceError(AdvsuiteError):
@@ -79,7 +79,7 @@ def run_trace(cfg: DictConfig) -> dict[str, Any]:
             return {}
         traces = gathered
     else:
-        [(traces, init)] = spawn_trace(model, [recipe], x, y, seed=seed, steps=steps, world=int(t.world_size))
+        [(traces, init)] = list(iter_spawned(model, [recipe], x, y, seed=seed, steps=steps, world=world))
     verdict = trace_verdict(model, init, recipe, x, y, seed, steps, traces, k=float(t.k), c=float(t.c))
     out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd() / "trace"
     files = verdict.write(out)

@@ -1,6 +1,6 @@
 """Trace a few DAT steps on every process, run the single-process reference on the same start, and compare.
 
-:func:`traced_steps` runs on each rank (under torchrun, or in processes :func:`spawn_trace` starts) and
+:func:`traced_steps` runs on each rank (under torchrun, or in processes :func:`iter_spawned` starts) and
 returns that rank's trace; :func:`merge_ranks` joins them on rank 0 (each worker's tensors from the rank that
 ran it; the replicated ones, weights and buffers, from rank 0, after checking every other rank holds the same
 values); :func:`reference_steps` replays the steps in one process; :func:`trace_verdict` does all of it.
@@ -219,17 +219,3 @@ def iter_spawned(
         for i in range(len(recipes)):
             saved = [torch.load(Path(out) / f"s{i}-rank{r}.pt", weights_only=False) for r in range(world)]
             yield [trace for trace, _ in saved], saved[0][1]
-
-
-def spawn_trace(
-    model: nn.Module,
-    recipes: list[DatRecipe],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    seed: int,
-    steps: int,
-    world: int,
-) -> list[tuple[list[Trace], dict[str, torch.Tensor]]]:
-    """:func:`iter_spawned`, every recipe's traces at once (small models)."""
-    return list(iter_spawned(model, recipes, x, y, seed=seed, steps=steps, world=world))
