@@ -67,42 +67,71 @@ def _model_and_data(seed: int) -> tuple[Any, Any]:
     return model, data
 
 
-def tracing(save: Any) -> None:
-    def scenarios() -> list[tuple[str, int, DatRecipe]]:
-        out = []
-        for precision in ("fp32", "bf16"):
-            for seed in (0, 1, 2):
-                for workers in (2, 4):
-                    recipe = Recipe.coerce({**TRACE, "workers": workers, "precision": precision})
-                    out.append((f"clean/{precision}/w{workers}/seed{seed}", seed, recipe))
-            for bug in BUGS:
-                if bug != "none":
-                    workers = 4 if bug == "accum_unscaled" else 2
-                    recipe = Recipe.coerce({**TRACE, "workers": workers, "precision": precision, "bug": bug})
-                    out.append((f"bug/{precision}/{bug}", 0, recipe))
-        return out  # type: ignore[return-value]
+#: how the traced runs lay the model over processes: (name prefix, recipe changes, processes)
+LAYOUTS = {
+    "ddp": ("", {}, 2),
+    "fsdp": ("fsdp/", {"parallel": "fsdp"}, 2),
+    "hybrid": ("hybrid/", {"parallel": "hybrid", "shard_group": 2, "workers": 4}, 4),
+}
 
-    for seed in (0, 1, 2):
-        todo = [(name, recipe) for name, s, recipe in scenarios() if s == seed]
-        model, data = _model_and_data(seed)
-        x, y = training_tensors(data, todo[0][1], seed)
-        x, y = x[:512], y[:512]
-        runs = iter_spawned(model, [r for _, r in todo], x, y, seed=seed, steps=TRACE_STEPS, world=2)
-        for (name, recipe), (traces, init) in zip(todo, runs, strict=True):
-            verdict = trace_verdict(model, init, recipe, x, y, seed, TRACE_STEPS, traces)
-            worst = max(verdict.comparisons, key=lambda c: c.ratio)
-            first = verdict.first_divergent
-            row: dict[str, Any] = {"verdict": "equivalent" if first is None else "divergent",
-                                   "n_tensors": len(verdict.comparisons), "max_ratio": worst.ratio,
-                                   "max_ratio_key": worst.key,
-                                   "max_adv_flip": max((c.error for c in verdict.comparisons if ":adv_input" in c.key),
-                                                       default=0.0)}  # fmt: skip
-            if first is not None:
-                path, kind = BUGS[recipe.bug].site
-                localised = recipe.bug != "none" and f":{kind}" in first.key and path in first.key
-                row |= {"first": first.key, "first_ratio": first.ratio, "first_floor": first.noise_floor,
-                        "localised": localised}  # fmt: skip
-            save(f"tracing/{name}", row)
+
+def _trace_scenarios(layout: str) -> list[tuple[str, int, DatRecipe]]:
+    """Clean runs over 3 seeds, fp32 and bf16, 1 and 2 workers per process; every bug that can act (seed 0).
+    Hybrid (4 processes on 2 cores): clean seed 0 and the sharding bugs only."""
+    prefix, changes, world = LAYOUTS[layout]
+    out = []
+    for precision in ("fp32", "bf16"):
+        base = {**TRACE, "precision": precision, **changes}
+        for seed in (0, 1, 2) if layout != "hybrid" else (0,):
+            for per_process in (1, 2):
+                workers = world * per_process
+                out.append((f"{prefix}clean/{precision}/w{workers}/seed{seed}", seed,
+                            Recipe.coerce({**base, "workers": workers})))  # fmt: skip
+        for bug, spec in BUGS.items():
+            needs = spec.needs.split("+")
+            if bug == "none" or (layout != "ddp" and "ddp" in needs) or (layout == "ddp" and "sharded" in needs):
+                continue
+            if layout == "hybrid" and "sharded" not in needs:
+                continue
+            workers = 2 * world if bug == "accum_unscaled" else base["workers"]
+            out.append((f"{prefix}bug/{precision}/{bug}", 0, Recipe.coerce({**base, "workers": workers, "bug": bug})))
+    return out  # type: ignore[return-value]
+
+
+def tracing(save: Any, layouts: list[str]) -> None:
+    for layout in layouts:
+        world = LAYOUTS[layout][2]
+        for seed in (0, 1, 2):
+            todo = [(name, recipe) for name, s, recipe in _trace_scenarios(layout) if s == seed]
+            if not todo:
+                continue
+            _trace_and_save(save, todo, seed, world)
+
+
+def _trace_and_save(save: Any, todo: list[tuple[str, DatRecipe]], seed: int, world: int) -> None:
+    model, data = _model_and_data(seed)
+    x, y = training_tensors(data, todo[0][1], seed)
+    x, y = x[:512], y[:512]
+    runs = iter_spawned(model, [r for _, r in todo], x, y, seed=seed, steps=TRACE_STEPS, world=world)
+    for (name, recipe), (traces, init) in zip(todo, runs, strict=True):
+        verdict = trace_verdict(model, init, recipe, x, y, seed, TRACE_STEPS, traces)
+        worst = max(verdict.comparisons, key=lambda c: c.ratio)
+        first = verdict.first_divergent
+        flips = [c.error for c in verdict.comparisons if ":adv_input" in c.key]
+        row: dict[str, Any] = {
+            "verdict": "equivalent" if first is None else "divergent",
+            "n_tensors": len(verdict.comparisons),
+            "max_ratio": worst.ratio,
+            "max_ratio_key": worst.key,
+            "processes": world,
+            "max_adv_flip": max(flips, default=0.0),
+        }
+        if first is not None:
+            path, kind = BUGS[recipe.bug].site
+            localised = recipe.bug != "none" and f":{kind}" in first.key and path in first.key
+            row |= {"first": first.key, "first_ratio": first.ratio, "first_floor": first.noise_floor,
+                    "localised": localised}  # fmt: skip
+        save(f"tracing/{name}", row)
 
 
 def _train_command(*extra: str, processes: int = 1, recipe: str = "dat") -> list[str]:
@@ -243,6 +272,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", action="append", help="tracing | overhead | throughput | quality (default all)")
     parser.add_argument("--only", action="append", help="quality: only these runs")
+    parser.add_argument("--layout", action="append", choices=list(LAYOUTS), help="tracing: these layouts (default all)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/distributed.json"))
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
@@ -261,7 +291,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
         if "tracing" in sections:
-            tracing(save)
+            tracing(save, args.layout or list(LAYOUTS))
         if "overhead" in sections:
             overhead(save)
     if "throughput" in sections:

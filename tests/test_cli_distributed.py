@@ -27,7 +27,8 @@ def run(
 
 
 def test_torchrun_trains_into_the_zoo_and_one_process_finds_it(tmp_path: Path):
-    trained = run(tmp_path, "task=train", *TINY, torchrun=True)
+    # sharded over the two processes (FSDP); the zoo stores a plain model, under the same key as any layout
+    trained = run(tmp_path, "task=train", *TINY, "train.parallel=fsdp", torchrun=True)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert trained.stdout.count("source: trained") == 1  # rank 0 reports, once
     again = run(tmp_path, "task=train", *TINY)  # no torchrun: the same recipe, found in the cache
@@ -63,6 +64,11 @@ def test_a_bad_input_error_is_one_line(tmp_path: Path):
         (("task=train",), "2", "only train=dat (task=train or task=trace) runs across processes"),
         (("task=train", "train=dat"), "4", "4 processes cannot share train.workers=2 equally"),
         (("task=trace", "train=dat", "++train.workers=6", "++train.batch_size=96"), "4", "launch a divisor of 6"),
+        (
+            ("task=train", "train=dat", "++train.workers=4", "++train.parallel=hybrid", "++train.shard_group=3"),
+            "4",
+            "4 processes cannot be cut into shard groups of train.shard_group=3",
+        ),
     ],
 )
 def test_a_launch_the_recipe_cannot_use_is_refused_before_anything_loads(monkeypatch, args, world, message):

@@ -19,15 +19,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Bug:
     description: str
-    needs: str  # "" | "world>1" | "k>1" | "quantize" | "bn"
+    needs: str  # "+"-joined: world>1, k>1, workers>1, bn, ddp, sharded, lalr
     site: tuple[str, str]
 
 
 BUGS: dict[str, Bug] = {
     "none": Bug("no bug", "", ("", "")),
-    "grad_sum": Bug("gradients all-reduced as a sum, not averaged", "world>1", ("", "param_grad")),
-    "grad_double_avg": Bug("gradients divided by the world size twice", "world>1", ("", "param_grad")),
-    "unreduced_group": Bug("the last layer's parameters left out of the all-reduce", "world>1", ("", "param_grad")),
+    "grad_sum": Bug("gradients all-reduced as a sum, not averaged", "world>1+ddp", ("", "param_grad")),
+    "grad_double_avg": Bug("gradients divided by the world size twice", "world>1+ddp", ("", "param_grad")),
+    "unreduced_group": Bug("the last layer's parameters left out of the all-reduce", "world>1+ddp", ("", "param_grad")),
     "bn_unsynced": Bug("BatchNorm running statistics not averaged across processes", "world>1+bn", ("", "buffer")),
     "shard_duplicate": Bug(
         "every process reads its workers' shards by local index (all read the first ones)", "world>1", ("data", "input")
@@ -47,22 +47,40 @@ BUGS: dict[str, Bug] = {
     "accum_unscaled": Bug(
         "gradients of a process's workers accumulated without the 1/k scale", "k>1", ("", "output_grad")
     ),
+    "fsdp_shard_order": Bug(
+        "full weights placed into the FSDP shards rotated by one shard (a wrong shard reassembly)",
+        "sharded",
+        ("init", "param"),
+    ),
+    "lalr_local_norm": Bug(
+        "LALR's trust ratio from each FSDP shard's own norms, not the whole layer's", "sharded+lalr", ("", "param")
+    ),
 }
 
 
 def check_bug(recipe: DatRecipe, world_size: int, has_bn: bool) -> None:
     """Refuse a bug this run cannot exhibit (it would pass a test vacuously)."""
+    from .sharding import shard_group_size
+
     bug = BUGS[recipe.bug]
     k = recipe.workers // max(1, world_size)
+    shards = 1 if recipe.parallel == "ddp" else shard_group_size(recipe.parallel, recipe.shard_group, world_size)
     missing = [
         what
         for need, ok, what in (
             ("world>1", world_size > 1, "more than one process (torchrun --nproc-per-node 2)"),
+            ("ddp", recipe.parallel == "ddp", "train.parallel=ddp (the bug lives in DDP's all-reduce)"),
+            (
+                "sharded",
+                shards > 1,
+                "sharded weights (train.parallel=fsdp, or hybrid with shard_group > 1, on more than one process)",
+            ),
+            ("lalr", recipe.optimizer == "lalr", "train.optimizer=lalr"),
             ("bn", has_bn, "a model with BatchNorm"),
             ("k>1", k > 1, "several workers per process (train.workers a multiple of the process count, > it)"),
             ("workers>1", recipe.workers > 1, "more than one worker (train.workers=2)"),
         )
-        if need in bug.needs and not ok
+        if need in bug.needs.split("+") and not ok
     ]
     if recipe.bug in ("grad_sum", "grad_double_avg") and recipe.compression != "none":
         missing.append("train.compression=none (the bug lives in the plain all-reduce hook)")

@@ -55,6 +55,7 @@ from .context import DistContext, init_context
 from .hooks import HookState, make_hook
 from .plan import GlobalBatches, workers_per_rank
 from .recipe import DatRecipe
+from .sharding import full_state, load_full, load_optimizer, set_gradient_sync, shard_model
 from .tracer import Tracer
 
 LOSS_SCALE_BUG = 1024.0
@@ -103,10 +104,15 @@ class DatStepper:
         self.ramp = round(recipe.adv_eps_warmup * self.steps_per_epoch)
         self.net: nn.Module = model
         self.hook_state: HookState | None = None
+        self.sharded = ctx is not None and recipe.parallel != "ddp"
         if ctx is not None:
             self.net = self._wrap(model, ctx)
+        if self.sharded:  # FSDP trains a sharded copy; full_model_state() hands the weights back
+            self.model = model = self.net
         lr_scale = world if recipe.bug == "lr_world_scaling" else 1
         self.optimizer = _optimizer(model, recipe)
+        if recipe.bug == "lalr_local_norm":
+            self.optimizer.shard_local_norms = True  # type: ignore[attr-defined]
         for group in self.optimizer.param_groups:
             group["lr"] *= lr_scale
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -124,6 +130,8 @@ class DatStepper:
             with torch.no_grad():
                 for p in model.parameters():
                     p.add_(torch.randn(p.shape, generator=gen).to(p.device, p.dtype) * 0.05)
+        if recipe.parallel != "ddp":
+            return shard_model(model, recipe.parallel, recipe.shard_group, ctx.device, recipe.bug)
         if recipe.bug == "unreduced_group":  # the last layer's parameters left out of the all-reduce
             last = [n for n, _ in model.named_parameters()][-2:]
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, last)
@@ -220,14 +228,23 @@ class DatStepper:
         return sums
 
     def state(self, step: int) -> dict[str, Any]:
-        """What a checkpoint holds after ``step`` steps (random streams are derived from the step: no RNG state)."""
-        return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """What a checkpoint holds after ``step`` steps (random streams are derived from the step: no RNG state),
+        in full tensors (every process calls it: gathering FSDP shards is a collective)."""
+        return {"step": step, "model": self.full_model_state(), "optimizer": full_state(self.optimizer.state_dict()),
                 "scheduler": self.scheduler.state_dict()}  # fmt: skip
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """The model's weights and buffers, FSDP shards gathered (every process calls it)."""
+        return full_state(self.model.state_dict()) if self.sharded else self.model.state_dict()
 
     def load_state(self, state: dict[str, Any]) -> int:
         """Restore a checkpoint on this process; the step to continue from."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_full(self.model, state["model"], self.recipe.bug)
+            load_optimizer(self.optimizer, state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.hook_state is not None:
             self.hook_state.step = int(state["step"])
@@ -249,6 +266,7 @@ class DatStepper:
                 b.copy_(local)
 
     def _no_sync(self, last: bool) -> Any:
+        set_gradient_sync(self.net, last)  # FSDP; DDP's is a context
         if isinstance(self.net, DistributedDataParallel) and not last:
             return self.net.no_sync()
         return contextlib.nullcontext()
@@ -383,8 +401,9 @@ def train_dat(
                     bar.set_postfix(epoch=epoch + 1, **shown, acc=f"{sums['correct'] / seen:.3f}")
                     if checkpoint_dir is not None and step % every == 0 and step < stepper.total:
                         try:
+                            state = stepper.state(step)  # every process: FSDP gathers its shards
                             if ctx.is_writer:
-                                checkpoint.save(checkpoint_dir, step, stepper.state(step), digest)
+                                checkpoint.save(checkpoint_dir, step, state, digest)
                             torch.distributed.barrier()
                         except RuntimeError as exc:
                             if ctx.world_size == 1 or not _peer_lost(exc):
@@ -392,6 +411,8 @@ def train_dat(
                             raise WorkerLostError(_lost_message(ctx, step, checkpoint_dir, exc)) from exc
         bar.close()
         seconds = time.perf_counter() - start
+        if stepper.sharded:  # the caller's plain module takes the trained weights
+            model.load_state_dict(stepper.full_model_state())
         model.eval()
         accuracy, n_test = evaluate_accuracy(
             model,

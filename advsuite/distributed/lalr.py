@@ -17,9 +17,15 @@ import torch
 
 from advsuite.errors import ConfigError
 
+from .sharding import layer_norm, local
+
 
 class LALR(torch.optim.Optimizer):
-    """LAMB-style layer-wise adaptive learning rate (see the module docstring)."""
+    """LAMB-style layer-wise adaptive learning rate (see the module docstring). Works on FSDP-sharded
+    parameters: each process updates its shard, with the norms of the whole layer."""
+
+    #: the injected bug ``lalr_local_norm`` (advsuite.distributed.bugs) sets it; never True otherwise
+    shard_local_norms = False
 
     def __init__(
         self,
@@ -61,16 +67,17 @@ class LALR(torch.optim.Optimizer):
                     state["m"] = torch.zeros_like(p, dtype=torch.float32)
                     state["v"] = torch.zeros_like(p, dtype=torch.float32)
                 state["step"] += 1
-                m, v, g = state["m"], state["v"], p.grad.float()
+                # this process's shard of an FSDP parameter (the whole tensor otherwise); norms are the layer's
+                w, m, v, g = local(p), local(state["m"]), local(state["v"]), local(p.grad).float()
                 m.mul_(beta1).add_(g, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 m_hat, v_hat = m, v
                 if group["bias_correction"]:
                     m_hat = m / (1 - beta1 ** state["step"])
                     v_hat = v / (1 - beta2 ** state["step"])
-                update = m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p.float()
-                w_norm = p.float().norm().clamp(0, group["max_weight_norm"])
-                u_norm = update.norm()
+                update = m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * w.float()
+                w_norm = layer_norm(w, p, shard_local=self.shard_local_norms).clamp(0, group["max_weight_norm"])
+                u_norm = layer_norm(update, p, shard_local=self.shard_local_norms)
                 trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_((-group["lr"] * trust * update).to(p.dtype))
+                w.add_((-group["lr"] * trust * update).to(w.dtype))
         return loss

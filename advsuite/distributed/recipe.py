@@ -17,6 +17,7 @@ from advsuite.errors import ConfigError
 from advsuite.training import ROBUST_KEYS, Recipe
 
 from .hooks import COMPRESSIONS
+from .sharding import PARALLEL
 
 #: the adversarial examples DAT's workers can make: PGD from a random start, or DAT's fast FGSM variant
 DAT_ADVERSARIAL = ("pgd", "fast")
@@ -37,6 +38,11 @@ class DatRecipe(Recipe):
     compression_bits: int = 7
     #: fp32, or bf16 autocast for forward and backward (CPU and GPU)
     precision: str = "fp32"
+    #: how the model is laid over the processes: ddp (replicated) | fsdp (sharded over all) | hybrid (sharded
+    #: within groups of ``shard_group`` processes, replicated across them); not part of the cache key
+    parallel: str = "ddp"
+    #: hybrid: processes per shard group (0: the processes torchrun starts per node)
+    shard_group: int = 0
     #: a silent bug injected on purpose (advsuite.distributed.bugs), for proving the tracer; never on by default
     bug: str = "none"
     #: a checkpoint every this many steps (0: at the end of every epoch); not part of the cache key
@@ -55,6 +61,10 @@ class DatRecipe(Recipe):
             (self.compression in COMPRESSIONS, f"compression must be one of {COMPRESSIONS}"),
             (1 <= self.compression_bits <= 7, "compression_bits must be in [1, 7]"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.parallel in PARALLEL, f"parallel must be one of {PARALLEL}"),
+            (self.shard_group >= 0, "shard_group must be >= 0"),
+            (self.parallel == "ddp" or self.compression == "none", f"compression={self.compression} is a DDP "
+             f"communication hook; FSDP has none: use parallel=ddp, or compression=none with parallel={self.parallel}"),
             (self.bug in BUGS, f"bug must be one of {', '.join(BUGS)}"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
         ]  # fmt: skip
@@ -64,7 +74,8 @@ class DatRecipe(Recipe):
 
     def digest(self, extra: Mapping[str, Any] | None = None) -> str:
         recipe = self.to_dict()
-        recipe.pop("checkpoint_every")  # when checkpoints are written does not change the model
+        for key in ("checkpoint_every", "parallel", "shard_group"):  # when checkpoints are written, and how the
+            recipe.pop(key)  # model is laid over processes (like their number), do not change the model
         if not self.adv_eps_warmup:
             recipe.pop("adv_eps_warmup")
         return content_key({"recipe": recipe, **dict(extra or {})})

@@ -34,8 +34,9 @@ from .tracer import Trace, TraceKey, Tracer
 REPLICATED = ("param_grad", "param", "buffer")
 
 
-def _run(stepper: DatStepper, model: nn.Module, tracer: Tracer, steps: int, start_each_step: Any = None) -> Trace:
+def _run(stepper: DatStepper, tracer: Tracer, steps: int, start_each_step: Any = None) -> Trace:
     """``steps`` traced steps; ``start_each_step(step)`` runs before each (the reference's re-synchronisation)."""
+    model = stepper.model  # under FSDP, the sharded copy (its parameters are traced gathered)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model.train()
@@ -65,7 +66,7 @@ def traced_steps(
     stepper = DatStepper(model, recipe, x, y, seed=seed, ctx=ctx)
     tracer = Tracer(stepper.net, stepper.optimizer)
     stepper.tracer = tracer
-    return _run(stepper, model, tracer, steps), init
+    return _run(stepper, tracer, steps), init
 
 
 def reference_steps(
@@ -108,7 +109,7 @@ def reference_steps(
                 for p in model.parameters():
                     p.mul_(1 + perturb * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
 
-    return _run(stepper, model, tracer, steps, start)
+    return _run(stepper, tracer, steps, start)
 
 
 def merge_ranks(traces: list[Trace]) -> tuple[Trace, list[Comparison]]:

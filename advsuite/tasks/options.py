@@ -45,6 +45,9 @@ def check_launch(cfg: DictConfig) -> None:
     from advsuite.distributed.plan import workers_per_rank
 
     workers_per_rank(recipe.batch_size, recipe.workers, world)  # type: ignore[attr-defined]
+    from advsuite.distributed.sharding import shard_group_size
+
+    shard_group_size(recipe.parallel, recipe.shard_group, world)  # type: ignore[attr-defined]
 
 
 def check_run_options(cfg: DictConfig) -> None:
