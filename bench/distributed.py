@@ -151,9 +151,11 @@ def _run_training(command: list[str], home: str) -> dict[str, Any]:
         raise RuntimeError(out.stderr[-3000:])
     meta = json.loads(next(Path(home).glob("zoo/**/meta.json")).read_text())
     metrics = meta["train_metrics"]
-    return {"wall_s": wall, "images_per_s": metrics["images_per_s"], "train_seconds": metrics["train_seconds"],
-            "clean_accuracy": metrics["test_accuracy"], "bytes_per_step": metrics["bytes_per_step"],
-            "world_size": metrics["world_size"]}  # fmt: skip
+    # the standard trainer (the PGD-AT baseline) reports neither throughput nor bytes: computed, and 0 sent
+    images_per_s = metrics.get("images_per_s", metrics["n_train"] * metrics["epochs"] / metrics["train_seconds"])
+    return {"wall_s": wall, "images_per_s": images_per_s, "train_seconds": metrics["train_seconds"],
+            "clean_accuracy": metrics["test_accuracy"], "bytes_per_step": metrics.get("bytes_per_step", 0.0),
+            "world_size": metrics.get("world_size", 1)}  # fmt: skip
 
 
 def throughput(save: Any) -> None:
