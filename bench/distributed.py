@@ -76,8 +76,9 @@ LAYOUTS = {
 
 
 def _trace_scenarios(layout: str) -> list[tuple[str, int, DatRecipe]]:
-    """Clean runs over 3 seeds, fp32 and bf16, 1 and 2 workers per process; every bug that can act (seed 0).
-    Hybrid (4 processes on 2 cores): clean seed 0 and the sharding bugs only."""
+    """Clean runs over 3 seeds, fp32 and bf16, 1 and 2 workers per process (DDP also with each gathering
+    compressor); every bug that can act (seed 0). Hybrid (4 processes on 2 cores): clean seed 0 and the
+    sharding bugs only."""
     prefix, changes, world = LAYOUTS[layout]
     out = []
     for precision in ("fp32", "bf16"):
@@ -87,6 +88,9 @@ def _trace_scenarios(layout: str) -> list[tuple[str, int, DatRecipe]]:
                 workers = world * per_process
                 out.append((f"{prefix}clean/{precision}/w{workers}/seed{seed}", seed,
                             Recipe.coerce({**base, "workers": workers})))  # fmt: skip
+            for compression in ("quantize", "natural") if layout == "ddp" else ():
+                out.append((f"clean/{precision}/{compression}/seed{seed}", seed,
+                            Recipe.coerce({**base, "compression": compression})))  # fmt: skip
         for bug, spec in BUGS.items():
             needs = spec.needs.split("+")
             if bug == "none" or (layout != "ddp" and "ddp" in needs) or (layout == "ddp" and "sharded" in needs):
@@ -94,7 +98,13 @@ def _trace_scenarios(layout: str) -> list[tuple[str, int, DatRecipe]]:
             if layout == "hybrid" and "sharded" not in needs:
                 continue
             workers = 2 * world if bug == "accum_unscaled" else base["workers"]
-            out.append((f"{prefix}bug/{precision}/{bug}", 0, Recipe.coerce({**base, "workers": workers, "bug": bug})))
+            for compression in ("quantize", "natural") if "compressed" in needs else ("none",):
+                if compression != "none" and layout != "ddp":
+                    continue
+                name = f"{prefix}bug/{precision}/{bug}" + (f"/{compression}" if compression != "none" else "")
+                out.append(
+                    (name, 0, Recipe.coerce({**base, "workers": workers, "bug": bug, "compression": compression}))
+                )
     return out  # type: ignore[return-value]
 
 

@@ -52,7 +52,12 @@ def _sharded_only(bug: str) -> bool:
     return "sharded" in BUGS[bug].needs.split("+")
 
 
-#: (bug, recipe changes it needs): every bug, DDP's under DDP, FSDP's under full sharding (and two of DDP's too)
+def _compressed_only(bug: str) -> bool:
+    return "compressed" in BUGS[bug].needs.split("+")
+
+
+#: (bug, recipe changes it needs): every bug, DDP's under DDP, FSDP's under full sharding (and two of DDP's too),
+#: the compressor's under both gathering compressors
 SCENARIOS = [
     ("none", {}),
     ("none", {"workers": 4}),  # two workers per process: the gradients are summed in another order
@@ -60,8 +65,12 @@ SCENARIOS = [
     ("none", FSDP),
     ("none", {**FSDP, "workers": 4}),
     ("none", {**FSDP, "precision": "bf16"}),
+    ("none", {"compression": "quantize"}),  # the reference replays the compressors' draws
+    ("none", {"compression": "natural", "workers": 4}),
+    ("compressor_biased", {"compression": "quantize"}),
+    ("compressor_biased", {"compression": "natural"}),
     *[(name, {"workers": 4} if name == "accum_unscaled" else {}) for name in BUGS if name != "none"
-      and not _sharded_only(name)],
+      and not _sharded_only(name) and not _compressed_only(name)],
     *[(name, FSDP) for name in BUGS if _sharded_only(name) or name in ("no_init_broadcast", "bn_unsynced")],
 ]  # fmt: skip
 HYBRID_SCENARIOS = [("none", HYBRID), ("fsdp_shard_order", HYBRID), ("lalr_local_norm", HYBRID)]

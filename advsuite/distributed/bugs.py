@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Bug:
     description: str
-    needs: str  # "+"-joined: world>1, k>1, workers>1, bn, ddp, sharded, lalr
+    needs: str  # "+"-joined: world>1, k>1, workers>1, bn, ddp, sharded, lalr, compressed
     site: tuple[str, str]
 
 
@@ -46,6 +46,11 @@ BUGS: dict[str, Bug] = {
     ),
     "accum_unscaled": Bug(
         "gradients of a process's workers accumulated without the 1/k scale", "k>1", ("", "output_grad")
+    ),
+    "compressor_biased": Bug(
+        "the gradient compressor rounds every element towards zero (a biased estimate)",
+        "compressed",
+        ("", "param_grad"),
     ),
     "fsdp_shard_order": Bug(
         "full weights placed into the FSDP shards rotated by one shard (a wrong shard reassembly)",
@@ -76,6 +81,7 @@ def check_bug(recipe: DatRecipe, world_size: int, has_bn: bool) -> None:
                 "sharded weights (train.parallel=fsdp, or hybrid with shard_group > 1, on more than one process)",
             ),
             ("lalr", recipe.optimizer == "lalr", "train.optimizer=lalr"),
+            ("compressed", recipe.compression in ("quantize", "natural"), "train.compression=quantize or natural"),
             ("bn", has_bn, "a model with BatchNorm"),
             ("k>1", k > 1, "several workers per process (train.workers a multiple of the process count, > it)"),
             ("workers>1", recipe.workers > 1, "more than one worker (train.workers=2)"),

@@ -51,12 +51,13 @@ from .bugs import check_bug
 
 if TYPE_CHECKING:
     from advsuite.models.classifier import Classifier
+from .compression import compression_generator, encode, mean_of_decoded
 from .context import DistContext, init_context
-from .hooks import HookState, make_hook
+from .hooks import GATHERING, HookState, make_hook
 from .plan import GlobalBatches, workers_per_rank
 from .recipe import DatRecipe
 from .sharding import full_state, load_full, load_optimizer, set_gradient_sync, shard_model
-from .tracer import Tracer
+from .tracer import TraceKey, Tracer, canonical_name
 
 LOSS_SCALE_BUG = 1024.0
 
@@ -87,11 +88,18 @@ class DatStepper:
         seed: int,
         ctx: DistContext | None,
         tracer: Tracer | None = None,
-        adv_inputs: dict[str, torch.Tensor] | None = None,
+        substitutes: dict[str, torch.Tensor] | None = None,
+        processes: int = 1,
     ) -> None:
         self.model, self.recipe, self.x, self.y, self.seed, self.ctx = model, recipe, x, y, seed, ctx
         self.tracer = tracer
-        self.adv_inputs = adv_inputs  # the reference takes the candidate's adversarial inputs (see checker)
+        #: the reference takes the traced run's adversarial inputs and per-process gradients under these keys,
+        #: once compared: both come out of discontinuous steps (a sign, a stochastic rounding) (see checker)
+        self.substitutes = substitutes or {}
+        #: the reference of a run with a gathering compressor replays each of the run's ``processes``: its workers'
+        #: gradient, compressed with that process's draws, then the average of the decoded gradients
+        self.replays = ctx is None and recipe.compression in GATHERING
+        self.processes = processes if self.replays else 1
         self.plan = GlobalBatches(len(x), recipe.batch_size, recipe.workers, seed)
         world, rank = (ctx.world_size, ctx.rank) if ctx else (1, 0)
         self.world, self.rank = world, rank
@@ -144,6 +152,8 @@ class DatStepper:
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
         )  # fmt: skip
         self.hook_state, hook = make_hook(recipe.compression, None, recipe.compression_bits, self.seed, recipe.bug)
+        self.hook_state.names = {id(p): canonical_name(n) for n, p in model.named_parameters()}
+        self.hook_state.record = lambda name, grad: self._trace().record(f"rank{ctx.rank}/{name}", "local_grad", grad)
         ddp.register_comm_hook(self.hook_state, hook)
         return ddp
 
@@ -176,7 +186,9 @@ class DatStepper:
         at_start = {n: b.detach().clone() for n, b in model.named_buffers()}
         after: list[dict[str, torch.Tensor]] = []
         sums = {"loss": 0.0, "clean_ce": 0.0, "adv_ce": 0.0, "correct": 0.0, "seen": 0.0}
-        intended = 1.0 / len(self.workers)  # this process's share: DDP's average over processes does the rest
+        per_process = len(self.workers) // self.processes  # the reference of a compressed run: each process's
+        intended = 1.0 / per_process  # this process's share: DDP's average over processes does the rest
+        local: list[dict[str, torch.Tensor]] = []
         tracer.grad_scale = intended  # activation gradients are traced as those of each worker's own mean loss
         scale = 1.0 if recipe.bug == "accum_unscaled" else intended
         if recipe.bug == "loss_scale_unscaled":
@@ -197,8 +209,7 @@ class DatStepper:
                 with tracer.paused(), self._autocast(), _eval(model):
                     x_adv = pgd_examples(model, xw, yw, attack_recipe, self.attack_generator(step, worker), steps)
                 tracer.record("attack", "adv_input", x_adv)
-                if self.adv_inputs is not None:
-                    x_adv = self.adv_inputs.get(_key(step, worker), x_adv).to(device)
+                x_adv = self.substitutes.get(_key(step, worker, "attack", "adv_input"), x_adv).to(device)
                 last = i == len(self.workers) - 1
                 with self._no_sync(last), self._autocast():
                     with torch.random.fork_rng(devices=_devices(device)):  # dropout: a stream per worker and step
@@ -212,11 +223,15 @@ class DatStepper:
                             loss = loss + clean_ce
                     (loss * scale).backward()
                 after.append({n: b.detach().clone() for n, b in model.named_buffers()})
+                if self.replays and (i + 1) % per_process == 0:
+                    local.append(self._process_gradients(step, worker, i // per_process))
             sums["loss"] += float(loss.detach()) * len(yw)
             sums["adv_ce"] += float(adv_ce.detach()) * len(yw)
             sums["clean_ce"] += float(clean_ce.detach()) * len(yw) if recipe.clean_loss else 0.0
             sums["correct"] += float((logits.detach().argmax(1) == yw).sum())
             sums["seen"] += len(yw)
+        if self.replays:
+            self._replay_exchange(step, local)
         with tracer.micro(recipe.workers):  # after every worker: the step's gradients, weights, buffers
             self.optimizer.step()
             self.scheduler.step()
@@ -226,6 +241,32 @@ class DatStepper:
         if self.hook_state is not None:
             self.hook_state.step = step + 1
         return sums
+
+    def _process_gradients(self, step: int, worker: int, rank: int) -> dict[str, torch.Tensor]:
+        """The reference: process ``rank``'s gradient (its workers' sum), traced as its hook traces it, then
+        cleared for the next process's workers."""
+        grads = {}
+        for name, p in self.model.named_parameters():
+            if p.grad is None:
+                continue
+            path = f"rank{rank}/{canonical_name(name)}"
+            self._trace().record(path, "local_grad", p.grad)
+            grads[name] = self.substitutes.get(_key(step, worker, path, "local_grad"), p.grad).detach().clone()
+            p.grad = None
+        return grads
+
+    def _replay_exchange(self, step: int, local: list[dict[str, torch.Tensor]]) -> None:
+        """The reference: what the compression hook computes, from the same gradients and draws."""
+        recipe = self.recipe
+        for name, p in self.model.named_parameters():
+            if name not in local[0]:
+                continue
+            decoded = []
+            for rank, grads in enumerate(local):
+                gen = compression_generator(self.seed, rank, step, canonical_name(name), p.device)
+                parts, decode, _ = encode(recipe.compression, grads[name], recipe.compression_bits, gen)
+                decoded.append(decode(*parts))
+            p.grad = mean_of_decoded(decoded, local[0][name])
 
     def state(self, step: int) -> dict[str, Any]:
         """What a checkpoint holds after ``step`` steps (random streams are derived from the step: no RNG state),
@@ -306,10 +347,8 @@ def _devices(device: torch.device) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
 
-def _key(step: int, worker: int) -> str:
-    from .tracer import TraceKey
-
-    return str(TraceKey(step, worker, "attack", "adv_input"))
+def _key(step: int, micro: int, path: str, kind: str) -> str:
+    return str(TraceKey(step, micro, path, kind))
 
 
 @contextlib.contextmanager

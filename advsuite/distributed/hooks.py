@@ -9,8 +9,10 @@ counting the bytes it hands to the collectives.
 - ``natural``: natural compression per element (:func:`..compression.natural_compress`), all-gathered as bf16
   (powers of two are exact there) and averaged the same way.
 
-The compressors draw from a generator seeded by ``(seed, rank, step, bucket index)``: set
-:attr:`HookState.step` before each backward and a run is reproducible.
+The compressors draw from a generator seeded by ``(seed, rank, step, parameter name)``: set
+:attr:`HookState.step` before each backward and a run is reproducible, and the single-process reference
+replays the draws. :attr:`HookState.record` sees each process's gradient before it is compressed (the tracer's
+``local_grad``).
 """
 
 # no ``from __future__ import annotations``: DDP checks the hooks' annotations at runtime (``dist.GradBucket``)
@@ -24,11 +26,12 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from advsuite.errors import ConfigError
-from advsuite.seeding import derive_seed
 
-from .compression import Quantized, dequantize, natural_compress, quantize
+from .compression import compression_generator, encode, mean_of_decoded, quantize
 
 COMPRESSIONS = ("none", "fp16", "bf16", "quantize", "natural")
+#: the compressors that gather every process's encoded gradient (the reference replays them; see :mod:`.dat`)
+GATHERING = ("quantize", "natural")
 
 Hook = Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]
 
@@ -43,15 +46,16 @@ class HookState:
     seed: int = 0
     step: int = 0
     bytes_sent: dict[int, int] = field(default_factory=dict)
-    #: an injected bug (advsuite.distributed.bugs) the hook carries out: grad_sum | grad_double_avg; else "none"
+    #: an injected bug (advsuite.distributed.bugs) the hook carries out: grad_sum | grad_double_avg |
+    #: compressor_biased; else "none"
     bug: str = "none"
+    #: each parameter's canonical name, by ``id``: the compressors' draws are named by it
+    names: dict[int, str] = field(default_factory=dict)
+    #: called with (name, this process's gradient) before it is compressed (the tracer's ``local_grad``)
+    record: Callable[[str, torch.Tensor], None] | None = None
 
     def count(self, n: int) -> None:
         self.bytes_sent[self.step] = self.bytes_sent.get(self.step, 0) + n
-
-    def generator(self, bucket: int, device: torch.device) -> torch.Generator:
-        seed = derive_seed(self.seed, "compress", dist.get_rank(self.group), self.step, bucket)
-        return torch.Generator(device=device).manual_seed(seed)
 
 
 def make_hook(
@@ -69,8 +73,8 @@ def make_hook(
         "none": _torch_hook(default_hooks.allreduce_hook, 4),
         "fp16": _torch_hook(default_hooks.fp16_compress_hook, 2),
         "bf16": _torch_hook(default_hooks.bf16_compress_hook, 2),
-        "quantize": _gathering_hook(_quantized),
-        "natural": _gathering_hook(_natural),
+        "quantize": _gathering_hook,
+        "natural": _gathering_hook,
     }
     return state, hooks[compression]
 
@@ -94,38 +98,25 @@ def _buggy_allreduce(state: HookState, bucket: dist.GradBucket) -> torch.futures
     return work.get_future().then(lambda fut: fut.value()[0])
 
 
-def _quantized(state: HookState, grad: torch.Tensor, gen: torch.Generator) -> tuple[list[torch.Tensor], Callable]:
-    q = quantize(grad, state.bits, gen)
-    state.count(q.payload_bytes)
-    return [q.codes.flatten(), q.norm.reshape(1)], lambda codes, norm: dequantize(Quantized(codes, norm[0], state.bits))
-
-
-def _natural(state: HookState, grad: torch.Tensor, gen: torch.Generator) -> tuple[list[torch.Tensor], Callable]:
-    sent = natural_compress(grad, gen).to(torch.bfloat16).flatten()
-    state.count(sent.numel() * 2)
-    return [sent], lambda values: values.float()
-
-
-def _gathering_hook(encode: Callable[..., tuple[list[torch.Tensor], Callable]]) -> Hook:
-    """Each gradient tensor encoded, all-gathered, decoded per rank and averaged in rank order (fp32)."""
-
-    def hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-        world = dist.get_world_size(state.group)
-        gen = state.generator(bucket.index(), bucket.buffer().device)
-        averaged = []
-        for grad in bucket.gradients():
-            parts, decode = encode(state, grad, gen)
-            gathered = []
-            for part in parts:
-                out = [torch.empty_like(part) for _ in range(world)]
-                dist.all_gather(out, part, group=state.group)
-                gathered.append(out)
-            total = torch.zeros(grad.numel(), dtype=torch.float32, device=grad.device)
-            for rank in range(world):
-                total += decode(*(g[rank] for g in gathered)).flatten()
-            averaged.append((total / world).to(grad.dtype))
-        future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-        future.set_result(torch.cat(averaged))
-        return future
-
-    return hook
+def _gathering_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """``quantize`` / ``natural``: each gradient tensor encoded, all-gathered, decoded per rank and averaged in
+    rank order (fp32), so every rank ends with the same gradient."""
+    world, rank = dist.get_world_size(state.group), dist.get_rank(state.group)
+    averaged = []
+    for param, grad in zip(bucket.parameters(), bucket.gradients(), strict=True):
+        name = state.names.get(id(param), str(id(param)))
+        if state.record is not None:
+            state.record(name, grad)
+        gen = compression_generator(state.seed, rank, state.step, name, grad.device)
+        parts, decode, sent = encode(state.compression, grad, state.bits, gen, biased=state.bug == "compressor_biased")
+        state.count(sent)
+        gathered = []
+        for part in parts:
+            out = [torch.empty_like(part) for _ in range(world)]
+            dist.all_gather(out, part, group=state.group)
+            gathered.append(out)
+        decoded = [decode(*(g[r] for g in gathered)) for r in range(world)]
+        averaged.append(mean_of_decoded(decoded, grad).flatten())
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    future.set_result(torch.cat(averaged))
+    return future

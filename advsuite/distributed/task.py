@@ -31,7 +31,7 @@ from .context import init_context
 from .dat import has_batchnorm, training_tensors
 from .plan import GlobalBatches, workers_per_rank
 from .recipe import DatRecipe
-from .tracing import iter_spawned, trace_verdict, traced_steps
+from .tracing import check_traceable, iter_spawned, trace_verdict, traced_steps
 
 
 class DivergenceError(AdvsuiteError):
@@ -59,11 +59,7 @@ def run_trace(cfg: DictConfig) -> dict[str, Any]:
     steps = int(t.steps)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     world = world if world > 1 else int(t.world_size)
-    if recipe.compression != "none":  # checked here, before any process starts
-        raise ConfigError(
-            f"tracing a run with train.compression={recipe.compression} is not supported: the reference does not "
-            "replay the compressors' random draws; trace with compression=none"
-        )
+    check_traceable(recipe)  # checked here, before any process starts
     workers_per_rank(recipe.batch_size, recipe.workers, world)
     check_bug(recipe, world, has_batchnorm(model))
     GlobalBatches(len(x), recipe.batch_size, recipe.workers, seed)  # enough images for one global batch

@@ -12,9 +12,12 @@ Attach it with a few lines::
 
 Collected per step (and micro-batch, :meth:`Tracer.micro`): each leaf module's output (``output``) and the
 gradient flowing into it (``output_grad``), each parameter's gradient when the optimizer steps
-(``param_grad``) and the parameter after it (``param``). Keys name the module path with wrapper prefixes
-removed (``module.`` of DDP, ``_orig_mod.`` of torch.compile, FSDP's wrapped-module names), and a sharded
-FSDP2 tensor (a DTensor) is gathered back to its full layout, so every run keys and shapes its tensors alike.
+(``param_grad``) and the parameter after it (``param``). DAT also records ``input`` and ``adv_input`` (a
+worker's batch and its adversarial examples), ``buffer`` (BatchNorm statistics after the step) and, under a
+gathering compressor, ``local_grad`` (a process's gradient before the exchange, ``rank<r>/<parameter>``).
+Keys name the module path with wrapper prefixes removed (``module.`` of DDP, ``_orig_mod.`` of torch.compile,
+FSDP's wrapped-module names), and a sharded FSDP2 tensor (a DTensor) is gathered back to its full layout, so
+every run keys and shapes its tensors alike.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 #: in execution order within a worker's micro-batch, then after the step (micro = the number of workers)
-KINDS = ("input", "adv_input", "output", "output_grad", "param_grad", "param", "buffer")
+KINDS = ("input", "adv_input", "output", "output_grad", "local_grad", "param_grad", "param", "buffer")
 _WRAPPERS = re.compile(r"(^|\.)(module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)(?=\.|$)")
 _KEY = re.compile(r"^s(\d+)/m(\d+)/(.*):(\w+)$")
 

@@ -27,6 +27,7 @@ from advsuite.errors import ConfigError
 from .checker import Comparison, Verdict, compare, relative_error, tolerance
 from .context import DistContext
 from .dat import DatStepper
+from .hooks import GATHERING
 from .recipe import DatRecipe
 from .tracer import Trace, TraceKey, Tracer
 
@@ -79,18 +80,22 @@ def reference_steps(
     steps: int,
     candidate: Trace | None = None,
     perturb: float = 0.0,
+    processes: int = 1,
 ) -> Trace:
     """The same steps in this process: every worker in turn, no DDP, no injected bug, rank 0's initial state.
 
     With ``candidate`` (the distributed run's merged trace), every step starts from where the candidate's
     previous step ended (its weights and buffers) and uses its adversarial examples, so each step is compared
     from the same state and round-off cannot compound across steps (a ReLU or max-pool that flips on a
-    last-bit difference would otherwise make a later step look divergent). ``perturb``: the weights are scaled
+    last-bit difference would otherwise make a later step look divergent), and, under a gathering compressor,
+    each of its ``processes``' gradients before the exchange (stochastic rounding is discontinuous too; the
+    reference replays the compressors' draws on them). ``perturb``: the weights are scaled
     by ``1 + perturb·N(0, 1)`` at the start of every step, the noise-floor run."""
     model = copy.deepcopy(model)
     model.load_state_dict(init)
-    clean = DatRecipe(**{**recipe.to_dict(), "bug": "none", "compression": "none"})
-    stepper = DatStepper(model, clean, x, y, seed=seed, ctx=None, adv_inputs=adversarial_inputs(candidate))
+    clean = DatRecipe(**{**recipe.to_dict(), "bug": "none"})
+    stepper = DatStepper(model, clean, x, y, seed=seed, ctx=None, substitutes=substitutes(candidate),
+                         processes=processes)  # fmt: skip
     tracer = Tracer(model, stepper.optimizer)
     stepper.tracer = tracer
     gen = torch.Generator().manual_seed(1)
@@ -133,10 +138,23 @@ def merge_ranks(traces: list[Trace]) -> tuple[Trace, list[Comparison]]:
     return merged, replicas
 
 
-def adversarial_inputs(trace: Trace | None) -> dict[str, torch.Tensor] | None:
+#: what the reference takes from the candidate once it has compared it (see :func:`reference_steps`)
+SUBSTITUTED = ("adv_input", "local_grad")
+
+
+def substitutes(trace: Trace | None) -> dict[str, torch.Tensor] | None:
     if trace is None:
         return None
-    return {k: t for k, t in trace.tensors.items() if TraceKey.parse(k).kind == "adv_input"}
+    return {k: t for k, t in trace.tensors.items() if TraceKey.parse(k).kind in SUBSTITUTED}
+
+
+def check_traceable(recipe: DatRecipe) -> None:
+    """torch's fp16/bf16 hooks cast and all-reduce in an order of gloo's or NCCL's the reference cannot replay."""
+    if recipe.compression not in ("none", *GATHERING):
+        raise ConfigError(
+            f"tracing a run with train.compression={recipe.compression} is not supported: torch's cast-and-all-reduce "
+            f"hook rounds in the collective's own order; trace with compression none, {' or '.join(GATHERING)}"
+        )
 
 
 def trace_verdict(
@@ -153,17 +171,15 @@ def trace_verdict(
     c: float = 1.03,
 ) -> Verdict:
     """The ranks' traces against the reference; replica disagreements count as divergences where they occur."""
-    if recipe.compression != "none":
-        raise ConfigError(
-            f"tracing a run with train.compression={recipe.compression} is not supported: the reference does not "
-            "replay the compressors' random draws; trace with compression=none"
-        )
+    check_traceable(recipe)
     candidate, replicas = merge_ranks(traces)
-    reference = reference_steps(model, init, recipe, x, y, seed, steps, candidate)
+    world = len(traces)
+    reference = reference_steps(model, init, recipe, x, y, seed, steps, candidate, processes=world)
     # the floor perturbs at fp32 ε even under bf16: what legitimately differs between the runs from one step to
     # the next is fp32 round-off in the reductions, carried in the fp32 weights (bf16 rounding of activations
     # is a deterministic function of them)
-    noise = reference_steps(model, init, recipe, x, y, seed, steps, candidate, perturb=torch.finfo(torch.float32).eps)
+    eps = torch.finfo(torch.float32).eps
+    noise = reference_steps(model, init, recipe, x, y, seed, steps, candidate, perturb=eps, processes=world)
     low = torch.bfloat16 if recipe.precision == "bf16" else None
     verdict = compare(reference, candidate, noise=noise, k=k, c=c, compute_dtype=low, updates=True)
     if replicas:  # each at its place in execution order: after the same key of rank 0
