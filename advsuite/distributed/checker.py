@@ -22,6 +22,9 @@ from advsuite.errors import ConfigError
 
 from .tracer import Trace, TraceKey
 
+#: the path prefix under which a noise-floor run keeps the perturbed weights each of its steps started from
+START = "start"
+
 
 class TraceMismatchError(ConfigError):
     """The two traces do not hold the same keys or shapes: they are not runs of the same model and steps."""
@@ -197,7 +200,11 @@ def compare(
             ref, cand = ref - start, cand - start
         floor = None
         if noise is not None and key in noise.tensors:
-            floor = relative_error(noise.tensors[key] - (start if start is not None else 0), ref)
+            noise_start = start  # the noise run's update is taken from its own perturbed start, where it kept it
+            if start is not None:
+                step_key = TraceKey(parsed[key].step, 0, f"{START}/{parsed[key].path}", "param")
+                noise_start = noise.tensors.get(str(step_key), start)
+            floor = relative_error(noise.tensors[key] - (noise_start if noise_start is not None else 0), ref)
         layer = reference.layer_of(key)
         dtype = ref.dtype
         if compute_dtype is not None and ref.is_floating_point():

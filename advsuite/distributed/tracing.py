@@ -24,7 +24,7 @@ from torch import nn
 
 from advsuite.errors import ConfigError
 
-from .checker import Comparison, Verdict, compare, relative_error, tolerance
+from .checker import START, Comparison, Verdict, compare, relative_error, tolerance
 from .context import DistContext
 from .dat import DatStepper
 from .hooks import GATHERING
@@ -111,10 +111,14 @@ def reference_steps(
                         if key in candidate.tensors:
                             tensor.copy_(candidate.tensors[key])
             if perturb:
-                for p in model.parameters():
+                for name, p in model.named_parameters():
                     p.mul_(1 + perturb * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
+                    starts[str(TraceKey(step, 0, f"{START}/{name}", "param"))] = p.detach().to("cpu", copy=True)
 
-    return _run(stepper, tracer, steps, start)
+    starts: dict[str, torch.Tensor] = {}
+    trace = _run(stepper, tracer, steps, start)
+    trace.tensors.update(starts)  # the noise run's own (perturbed) starting weights: its updates are taken from them
+    return trace
 
 
 def merge_ranks(traces: list[Trace]) -> tuple[Trace, list[Comparison]]:
