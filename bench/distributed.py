@@ -3,17 +3,18 @@ robust models, and what do processes, tracing and determinism cost on this machi
 
 Sections (``--section``, default all):
 
-- ``tracing``: the `cifarcnn` CIFAR-10 model (four conv + BatchNorm blocks) at its initial weights, 2 DAT
-  steps of a 16-image global batch on 2 gloo processes, traced against the single-process reference (every
-  activation and its gradient is kept: about 130 MB per scenario and process at this size).
-  Correct runs over seeds 0, 1, 2 in fp32 and bf16, with one and two workers per process: the verdict, and
-  the largest error ÷ bound over every tensor (the margin on the clean side). Every injectable bug in fp32 and
-  bf16 (seed 0): detected?, the first divergent tensor, its error ÷ bound (the margin on the bug side), and
-  whether it is the tensor the bug's table entry names (localised).
+- ``tracing`` (``--layout ddp|fsdp|hybrid``, default all): the `cifarcnn` CIFAR-10 model (four conv +
+  BatchNorm blocks) at its initial weights, 2 DAT steps of a 16-image global batch on 2 gloo processes (4 for
+  hybrid sharding), traced against the single-process reference (every activation and its gradient is kept:
+  about 130 MB per scenario and process at this size). Correct runs over seeds 0, 1, 2 in fp32 and bf16,
+  with one and two workers per process (DDP also with each gathering compressor): the verdict, and the
+  largest error ÷ bound over every tensor (the margin on the clean side). Every injectable bug that can act
+  in the layout, in fp32 and bf16 (seed 0): detected?, the first divergent tensor, its error ÷ bound (the
+  margin on the bug side), and whether it is the tensor the bug's table entry names (localised).
 - ``overhead``: seconds per DAT step in one process without the tracer, with it (every kind), and with it
   on parameters only.
 - ``throughput``: 20 DAT steps (global batch 128, PGD 10 steps) of `smallcnn` on CIFAR-10 in one process
-  and in two (torchrun): images per second; then one process with ``deterministic=true``.
+  and in two (torchrun; DDP, then FSDP): images per second; then one process with ``deterministic=true``.
 - ``quality``: CIFAR-10 (a 10k-image subset), `smallcnn`, ε 8/255, 10 epochs at a global batch of 512:
   single-process PGD-AT (``train=pgd_at``) against DAT-PGD on 2 processes (LALR), DAT with SGD, DAT-FGSM and
   DAT with the quantiser or natural compression: clean and PGD / AutoAttack robust accuracy on 200 test
@@ -174,6 +175,7 @@ def throughput(save: Any) -> None:
     runs = {
         "1_process": (_train_command(*steps), {}),
         "2_processes": (_train_command(*steps, processes=2), {"OMP_NUM_THREADS": "1"}),
+        "2_processes_fsdp": (_train_command(*steps, "++train.parallel=fsdp", processes=2), {"OMP_NUM_THREADS": "1"}),
         "1_process_deterministic": (_train_command(*steps, "deterministic=true"), {}),
     }
     for name, (command, env) in runs.items():
