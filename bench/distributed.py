@@ -16,7 +16,8 @@ Sections (``--section``, default all):
 - ``throughput``: 20 DAT steps (global batch 128, PGD 10 steps) of `smallcnn` on CIFAR-10 in one process
   and in two (torchrun; DDP, then FSDP): images per second; then one process with ``deterministic=true``.
 - ``quality``: CIFAR-10 (a 10k-image subset), `smallcnn`, ε 8/255, 10 epochs at a global batch of 512:
-  single-process PGD-AT (``train=pgd_at``) against DAT-PGD on 2 processes (LALR), DAT with SGD, DAT-FGSM and
+  single-process PGD-AT (``train=pgd_at``, the standard recipe's SGD; and DAT's recipe with one worker, the
+  control) against DAT-PGD on 2 processes (LALR), DAT with SGD, DAT-FGSM and
   DAT with the quantiser or natural compression: clean and PGD / AutoAttack robust accuracy on 200 test
   images, bytes per step, training time.
 
@@ -230,6 +231,9 @@ QUALITY = ["train.epochs=10", "train.train_subset=10000", "train.batch_size=512"
 def quality(save: Any, only: list[str] | None) -> None:
     runs = {
         "pgd_at_1_process": _train_command(*QUALITY, "train.adv_steps=10", recipe="pgd_at"),
+        # the control for "does distributing change the model": DAT's recipe (LALR, CE(adv) + CE(clean)) as
+        # single-process PGD-AT, one worker taking the whole global batch
+        "pgd_at_dat_recipe_1_process": _train_command(*QUALITY, "++train.workers=1"),
         "dat_pgd_lalr_2_processes": _train_command(*QUALITY, processes=2),
         "dat_pgd_sgd_2_processes": _train_command(*QUALITY, "train.optimizer=sgd", "train.lr=0.05", processes=2),
         "dat_fgsm_2_processes": _train_command(
