@@ -174,14 +174,14 @@ def compare(
 ) -> Verdict:
     """Every key of ``reference`` against ``candidate`` (and ``noise``, the perturbed reference), in order.
 
-    ``compute_dtype``: the narrowest precision the step computed in (bf16 under autocast); a tensor's bound
-    uses the wider of its own dtype's ε and this one's, since an fp32 gradient computed from bf16 activations
-    carries bf16 round-off. ``updates`` (for a reference that starts every step from the candidate's previous
-    state, as :func:`advsuite.distributed.tracing.reference_steps` does): a weight after a step is judged by
-    the step's update (the weight minus the candidate's previous weight): an update is about 1% of the weight,
-    so an error in it (a doubled learning rate) would hide inside the weight's own bound. The adversarial
-    inputs are judged by their flip fraction alone: a noise floor there measures how a perturbation of every
-    weight moves a discontinuous sign step, far more than round-off in the reductions does."""
+    ``compute_dtype``: the narrowest precision the step computed in (bf16 under autocast); a tensor's bound uses the
+    wider of its own dtype's ε and this one's, since an fp32 gradient computed from bf16 activations carries bf16
+    round-off (not the initial weights: nothing computed them). ``updates`` (for a reference that starts every step
+    from the candidate's previous state, as :func:`advsuite.distributed.tracing.reference_steps` does): a weight
+    after a step is judged by the step's update (the weight minus the candidate's previous weight): an update is
+    about 1% of the weight, so an error in it (a doubled learning rate) would hide inside the weight's own bound.
+    The adversarial inputs are judged by their flip fraction alone: a noise floor there measures how a perturbation
+    of every weight moves a discontinuous sign step, far more than round-off in the reductions does."""
     missing = sorted(set(reference.tensors) ^ set(candidate.tensors))
     if missing:
         raise TraceMismatchError(f"the traces hold different tensors, e.g. {missing[:5]}: compare runs of the same "
@@ -207,7 +207,7 @@ def compare(
             floor = relative_error(noise.tensors[key] - (noise_start if noise_start is not None else 0), ref)
         layer = reference.layer_of(key)
         dtype = ref.dtype
-        if compute_dtype is not None and ref.is_floating_point():
+        if compute_dtype is not None and ref.is_floating_point() and not parsed[key].path.startswith("init/"):
             dtype = max(dtype, compute_dtype, key=lambda d: torch.finfo(d).eps)
         if kind == "input":  # data: exactly the reference's
             error, bound = relative_error(cand, ref), 0.0
