@@ -1,0 +1,66 @@
+"""Backdoor detectors on a tiny CNN trained on BadNets-poisoned mnist5k (2% poison, a minority of the target
+class, where the dataset-level methods' assumptions hold)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from advsuite.attacks.backdoor import BadNets
+from advsuite.data import as_tensors
+from advsuite.detector import detection_metrics
+from advsuite.detectors.backdoor import (
+    STRIP,
+    activation_clustering_scores,
+    penultimate_features,
+    spectral_signature_scores,
+)
+from advsuite.errors import InputError
+from advsuite.models import Classifier
+
+ATTACK = BadNets(rate=0.02, target=0)
+
+
+@pytest.fixture(scope="module")
+def poisoned(mnist):
+    from conftest import tiny_cnn
+
+    x, y = as_tensors(mnist.train)
+    poison = ATTACK.poison(x, y, 10, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = Classifier(tiny_cnn(), num_classes=10, input_shape=(1, 28, 28), mean=mnist.mean, std=mnist.std)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        for batch in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(poison.x[batch]), poison.y[batch]).backward()
+            opt.step()
+    return model.eval(), poison
+
+
+def test_strip_flags_triggered_inputs_at_a_fixed_clean_false_positive_rate(poisoned, mnist):
+    model, _ = poisoned
+    xt, yt = as_tensors(mnist.test)
+    strip = STRIP(model).fit(xt[:500])
+    clean, triggered = strip.score(xt[500:]), strip.score(ATTACK.trigger(xt[500:][yt[500:] != 0]))
+    metrics = detection_metrics(clean, triggered)
+    assert metrics["auroc"] > 0.95 and metrics["tpr_at_fpr"] > 0.8, metrics
+    assert strip.detect(xt[500:]).float().mean() < 0.1
+
+
+def test_strip_without_overlays_says_how_to_give_them(poisoned, mnist):
+    with pytest.raises(InputError, match="call fit\\(clean\\) first"):
+        STRIP(poisoned[0]).score(as_tensors(mnist.test)[0][:4])
+
+
+@pytest.mark.parametrize(("method", "auroc"), [(spectral_signature_scores, 0.85), (activation_clustering_scores, 0.9)])
+def test_dataset_level_detectors_rank_the_poison_first_in_the_target_class(poisoned, method, auroc):
+    model, poison = poisoned
+    scores = method(penultimate_features(model, poison.x), poison.y)
+    is_poison = torch.zeros(len(poison.y), dtype=torch.bool)
+    is_poison[poison.indices] = True
+    target = poison.y == ATTACK.target
+    metrics = detection_metrics(scores[target & ~is_poison], scores[target & is_poison])
+    assert metrics["auroc"] > auroc, metrics
