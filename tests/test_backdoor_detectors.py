@@ -3,6 +3,8 @@ class, where the dataset-level methods' assumptions hold)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -64,3 +66,20 @@ def test_dataset_level_detectors_rank_the_poison_first_in_the_target_class(poiso
     target = poison.y == ATTACK.target
     metrics = detection_metrics(scores[target & ~is_poison], scores[target & is_poison])
     assert metrics["auroc"] > auroc, metrics
+
+
+def test_neural_cleanse_flags_the_target_class_and_unlearning_removes_the_backdoor(poisoned, mnist):
+    from advsuite.attacks.backdoor import backdoor_metrics
+    from advsuite.detectors.backdoor import NeuralCleanse, unlearn
+
+    model, _ = poisoned
+    model = copy.deepcopy(model)
+    xt, yt = as_tensors(mnist.test)
+    result = NeuralCleanse(steps=200).run(model, xt[:500], 10)
+    norms = result.norms.sort()
+    assert result.flagged == [ATTACK.target], (result.norms, result.anomaly_index)
+    assert norms.indices[0] == ATTACK.target and norms.values[0] * 5 < norms.values[1]  # a 3×3 patch vs ≥ 30 px
+    before = backdoor_metrics(model, ATTACK, xt[500:], yt[500:], 10)
+    unlearn(model, xt[:500], yt[:500], result, epochs=2)
+    after = backdoor_metrics(model, ATTACK, xt[500:], yt[500:], 10)
+    assert before.asr > 0.9 and after.asr < 0.2 and before.clean_accuracy - after.clean_accuracy < 0.06, (before, after)

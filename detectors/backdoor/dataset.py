@@ -14,6 +14,8 @@ AUROC against the true poison indices or for removing the top-scored samples.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -60,6 +62,7 @@ def activation_clustering_scores(
     """Per sample, how much closer it is to its class's smaller 2-means cluster than to the larger one."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import FastICA
+    from sklearn.exceptions import ConvergenceWarning
 
     scores = torch.zeros(len(features))
     for c in labels.unique():
@@ -70,8 +73,10 @@ def activation_clustering_scores(
         live = block[:, block.std(0) > 1e-8]  # dead ReLU units: constant columns would make the whitening divide by 0
         if live.shape[1] < 2:
             continue
-        reduced = FastICA(n_components=min(components, live.shape[1]), random_state=seed, max_iter=500,
-                          whiten="unit-variance").fit_transform(live.numpy())  # fmt: skip
+        with warnings.catch_warnings():  # ICA is only the 10-dimensional projection the clustering runs in: an
+            warnings.simplefilter("ignore", ConvergenceWarning)  # unmixing that has not converged still is one
+            reduced = FastICA(n_components=min(components, live.shape[1]), random_state=seed, max_iter=500,
+                              whiten="unit-variance").fit_transform(live.numpy())  # fmt: skip
         kmeans = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(reduced)
         sizes = torch.bincount(torch.as_tensor(kmeans.labels_), minlength=2)
         small = int(sizes.argmin())
