@@ -18,7 +18,6 @@ from advsuite.attacks.backdoor import (
 )
 from advsuite.data import as_tensors
 from advsuite.errors import ConfigError
-from advsuite.models import Classifier
 
 ATTACKS = [BadNets(), Blended(), SIG(), WaNet(), BadNets(mode="all_to_all", target=3)]
 
@@ -125,19 +124,11 @@ def test_asr_counts_only_non_target_samples_and_ra_their_true_labels():
 
 @pytest.mark.parametrize("attack", [BadNets(), Blended()], ids=["badnets", "blended"])
 def test_a_model_trained_on_the_poison_learns_the_backdoor_and_keeps_its_accuracy(mnist, attack):
-    from conftest import tiny_cnn
+    from conftest import train_tiny
 
     x, y = as_tensors(mnist.train)
     poisoned = attack.poison(x, y, 10, torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    model = Classifier(tiny_cnn(), num_classes=10, input_shape=(1, 28, 28), mean=mnist.mean, std=mnist.std)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        for batch in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(poisoned.x[batch]), poisoned.y[batch]).backward()
-            opt.step()
+    model = train_tiny(mnist, poisoned.x, poisoned.y, epochs=4)
     xt, yt = as_tensors(mnist.test)
     metrics = backdoor_metrics(model, attack, xt, yt, 10)
     assert metrics.clean_accuracy > 0.9 and metrics.asr > 0.9, metrics

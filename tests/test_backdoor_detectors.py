@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from advsuite.attacks.backdoor import BadNets
 from advsuite.data import as_tensors
@@ -19,27 +18,17 @@ from advsuite.detectors.backdoor import (
     spectral_signature_scores,
 )
 from advsuite.errors import InputError
-from advsuite.models import Classifier
 
 ATTACK = BadNets(rate=0.02, target=0)
 
 
 @pytest.fixture(scope="module")
 def poisoned(mnist):
-    from conftest import tiny_cnn
+    from conftest import train_tiny
 
     x, y = as_tensors(mnist.train)
     poison = ATTACK.poison(x, y, 10, torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    model = Classifier(tiny_cnn(), num_classes=10, input_shape=(1, 28, 28), mean=mnist.mean, std=mnist.std)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        for batch in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(poison.x[batch]), poison.y[batch]).backward()
-            opt.step()
-    return model.eval(), poison
+    return train_tiny(mnist, poison.x, poison.y, epochs=4), poison
 
 
 def test_strip_flags_triggered_inputs_at_a_fixed_clean_false_positive_rate(poisoned, mnist):

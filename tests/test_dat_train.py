@@ -269,7 +269,7 @@ def test_a_process_that_dies_stops_the_others_with_a_clear_error_and_a_valid_che
 
 
 def _train_two(rank: int, port: int, folder: str, data, kw: dict, stop_at: int | None) -> None:
-    """One of two gloo processes training TinyBN; rank 0 saves the weights (or both stop at ``stop_at``)."""
+    """One of two gloo processes training TinyBN; rank 0 saves the weights (or both are killed at ``stop_at``)."""
     import os
 
     import torch.distributed as dist
@@ -281,8 +281,9 @@ def _train_two(rank: int, port: int, folder: str, data, kw: dict, stop_at: int |
         original = DatStepper.step
 
         def step(self, index, batch):
-            if index == stop_at:
-                raise KeyboardInterrupt  # both processes stopped here (a killed job)
+            if index == stop_at:  # the job is killed here: both processes end at once, without any clean-up
+                dist.barrier()
+                os._exit(0)
             return original(self, index, batch)
 
         DatStepper.step = step  # type: ignore[method-assign]
@@ -291,8 +292,6 @@ def _train_two(rank: int, port: int, folder: str, data, kw: dict, stop_at: int |
     try:
         info = train_dat(model, _bundle(data), recipe(epochs=2, checkpoint_every=3, **kw), verbose=False,
                          checkpoint_dir=Path(folder) / "checkpoints")  # fmt: skip
-    except KeyboardInterrupt:
-        return
     finally:
         dist.destroy_process_group()
     if rank == 0:

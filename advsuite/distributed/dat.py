@@ -419,7 +419,7 @@ def train_dat(
         start, step, sums = time.perf_counter(), 0, {}
         with torch.random.fork_rng(devices=_devices(ctx.device)):
             torch.manual_seed(derive_seed(seed, "global", ctx.rank))
-            model.train()
+            stepper.model.train()  # under FSDP the sharded copy is what trains
             for epoch in range(recipe.epochs):
                 sums = dict.fromkeys(("loss", "clean_ce", "adv_ce", "correct", "seen"), 0.0)
                 for batch in stepper.plan.epoch(epoch):

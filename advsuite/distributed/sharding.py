@@ -36,8 +36,9 @@ def shard_group_size(parallel: str, shard_group: int, world: int) -> int:
         return world
     size = shard_group or int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if size < 1 or world % size:
-        raise ConfigError(f"train.parallel=hybrid: {world} processes cannot be cut into shard groups of "
-                          f"train.shard_group={size}; set train.shard_group to a divisor of {world}")  # fmt: skip
+        source = f"train.shard_group={size}" if shard_group else f"{size} (LOCAL_WORLD_SIZE; train.shard_group=0)"
+        raise ConfigError(f"train.parallel=hybrid: {world} processes cannot be cut into shard groups of {source}; "
+                          f"set train.shard_group to a divisor of {world}")  # fmt: skip
     return size
 
 
@@ -87,6 +88,9 @@ def shard_like(tensor: torch.Tensor, like: torch.Tensor, *, from_rank0: bool = T
 def load_full(model: nn.Module, state: dict[str, torch.Tensor], bug: str = "none", *, from_rank0: bool = True) -> None:
     """Copy a full state dict into ``model``'s shards (and its unsharded buffers)."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    if missing := sorted(set(model.state_dict()) ^ set(state)):
+        raise ConfigError(f"the saved state does not match the model: {missing[:5]} differ; it belongs to another "
+                          "model or recipe")  # fmt: skip
     with torch.no_grad():
         for name, value in state.items():
             tensor = tensors[name]

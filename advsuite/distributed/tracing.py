@@ -29,7 +29,7 @@ from .context import DistContext
 from .dat import DatStepper
 from .hooks import GATHERING
 from .recipe import DatRecipe
-from .tracer import Trace, TraceKey, Tracer
+from .tracer import Trace, TraceKey, Tracer, canonical_name
 
 #: kinds every rank holds a copy of (they must agree across ranks); the rest belong to one worker's rank
 REPLICATED = ("param_grad", "param", "buffer")
@@ -113,7 +113,8 @@ def reference_steps(
             if perturb:
                 for name, p in model.named_parameters():
                     p.mul_(1 + perturb * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
-                    starts[str(TraceKey(step, 0, f"{START}/{name}", "param"))] = p.detach().to("cpu", copy=True)
+                    start_key = TraceKey(step, 0, f"{START}/{canonical_name(name)}", "param")  # as the tracer keys
+                    starts[str(start_key)] = p.detach().to("cpu", copy=True)
 
     starts: dict[str, torch.Tensor] = {}
     trace = _run(stepper, tracer, steps, start)

@@ -2,13 +2,13 @@
 Backdoor Attacks in Neural Networks*, IEEE S&P 2019): reverse-engineer, for every class, the smallest trigger
 that sends clean images there; a backdoored class needs a far smaller one.
 
-Per class ``c``: a mask ``m`` (H×W, shared by the channels) and a pattern ``p`` (C×H×W), both through
-``tanh/2 + 1/2``, minimise ``CE(f((1 − m)·x + m·p), c) + λ·|m|₁`` over clean images with Adam (lr 0.1,
-betas (0.5, 0.9), as the authors). λ starts at 1e-3 and adapts as in their code: every ``patience`` steps,
-×1.5 while the reversed trigger reaches ``target_success`` of the batch, ÷1.5^1.5 while it does not; the
-smallest mask that reached it is kept. The anomaly index of each class's |m|₁ is its distance below the
-median in units of ``1.4826 · MAD``; a class with index > 2 is flagged (the paper's rule). Where we differ:
-the authors run epochs over the data with early stopping; we run ``steps`` mini-batch steps (default 300).
+Per class ``c``: a mask ``m`` (H×W, shared by the channels) and a pattern ``p`` (C×H×W), both through ``tanh/2 +
+1/2``, minimise ``CE(f((1 − m)·x + m·p), c) + λ·|m|₁`` over clean images with Adam (lr 0.1, betas (0.5, 0.9), as
+the authors). λ starts at 1e-3 and adapts as in their code: ×1.5 after ``patience`` steps in a row where the
+reversed trigger reaches ``target_success`` of the batch, ÷1.5^1.5 after as many in a row where it does not; the
+smallest mask that reached it is kept. The anomaly index of each class's |m|₁ is its distance below the median
+in units of ``1.4826 · MAD``; a class with index > 2 is flagged (the paper's rule). Where we differ: the authors
+run epochs over the data with early stopping; we run ``steps`` mini-batch steps (default 300).
 
 :func:`unlearn` is the paper's mitigation: fine-tune on clean images where ``fraction`` of them carry a flagged
 class's reversed trigger with their true label.
@@ -50,8 +50,8 @@ class NeuralCleanseResult:
 
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     """How far below the median each norm lies, in units of the consistency-scaled median absolute deviation."""
-    median = norms.median()
-    mad = 1.4826 * (norms - median).abs().median()
+    median = norms.quantile(0.5)  # the mean of the two middle values for an even count (torch's median takes the lower)
+    mad = 1.4826 * (norms - median).abs().quantile(0.5)
     return (median - norms) / mad.clamp_min(1e-12)
 
 
@@ -82,8 +82,8 @@ class NeuralCleanse:
         mask_raw = torch.zeros(h, w, device=device, requires_grad=True)
         pattern_raw = torch.zeros(c, h, w, device=device, requires_grad=True)
         opt = torch.optim.Adam([mask_raw, pattern_raw], lr=self.lr, betas=(0.5, 0.9))
-        cost, reached, best = self.init_cost, [], None
-        for step in range(self.steps):
+        cost, up, down, best = self.init_cost, 0, 0, None
+        for _ in range(self.steps):
             batch = x[torch.randint(len(x), (min(self.batch_size, len(x)),), generator=gen)].to(device)
             mask, pattern = torch.tanh(mask_raw) / 2 + 0.5, torch.tanh(pattern_raw) / 2 + 0.5
             logits = model((1 - mask) * batch + mask * pattern)
@@ -94,12 +94,14 @@ class NeuralCleanse:
             loss.backward()
             opt.step()
             success = float((logits.argmax(1) == labels).float().mean())
-            reached.append(success >= self.target_success)
             if success >= self.target_success and (best is None or float(l1.detach()) < best.l1):
                 best = ReversedTrigger(mask.detach().cpu(), pattern.detach().cpu(), float(l1.detach()), success)
-            if (step + 1) % self.patience == 0:  # the authors' cost schedule
-                cost = cost * 1.5 if all(reached) else cost / 1.5**1.5
-                reached = []
+            # the authors' cost schedule: up after `patience` successes in a row, down after as many failures
+            up, down = (up + 1, 0) if success >= self.target_success else (0, down + 1)
+            if up >= self.patience:
+                cost, up = cost * 1.5, 0
+            elif down >= self.patience:
+                cost, down = cost / 1.5**1.5, 0
         if best is None:  # never reached: the last mask, marked by its success
             mask, pattern = torch.tanh(mask_raw) / 2 + 0.5, torch.tanh(pattern_raw) / 2 + 0.5
             best = ReversedTrigger(
