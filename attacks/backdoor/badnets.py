@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from advsuite.errors import ConfigError
+from advsuite.validation import check_int
 
 from .base import PoisonAttack
 
@@ -31,12 +32,10 @@ class BadNets(PoisonAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ConfigError(f"BadNets: size must be a whole number of pixels >= 1, got {self.size!r}")
+        check_int("BadNets", "size", self.size, 1)
         if self.position not in POSITIONS:
             raise ConfigError(f"BadNets: position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
-            raise ConfigError(f"BadNets: margin must be a whole number of pixels >= 0, got {self.margin!r}")
+        check_int("BadNets", "margin", self.margin, 0)
 
     def check(self, shape: tuple[int, ...], num_classes: int) -> None:
         super().check(shape, num_classes)

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from advsuite.errors import ConfigError
+from advsuite.validation import check_int
 
 MODES = ("all_to_one", "all_to_all")
 
@@ -56,8 +57,7 @@ class PoisonAttack(abc.ABC):
             raise ConfigError(f"{name}: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.clean_label and self.mode != "all_to_one":
             raise ConfigError(f"{name} is a clean-label attack: it only supports mode=all_to_one")
-        if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0:
-            raise ConfigError(f"{name}: target must be a class index >= 0, got {self.target!r}")
+        check_int(name, "target", self.target, 0)
 
     # ------------------------------------------------------------------------------------------- trigger
 

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from advsuite.errors import ConfigError
+from advsuite.validation import check_number
 
 from .base import PoisonAttack
 
@@ -31,8 +32,7 @@ class SIG(PoisonAttack):
         super().__post_init__()
         if not 0 < self.delta <= 1:
             raise ConfigError(f"SIG: delta must be in (0, 1], got {self.delta!r}")
-        if self.frequency <= 0:
-            raise ConfigError(f"SIG: frequency must be > 0, got {self.frequency!r}")
+        check_number("SIG", "frequency", self.frequency)
 
     def signal(self, width: int) -> torch.Tensor:
         j = torch.arange(width, dtype=torch.float32)

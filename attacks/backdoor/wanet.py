@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from advsuite.errors import ConfigError
+from advsuite.validation import check_int, check_number
 
 from .base import PoisonAttack, Poisoned
 
@@ -34,12 +34,9 @@ class WaNet(PoisonAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
-            raise ConfigError(f"WaNet: k (the control grid size) must be a whole number >= 2, got {self.k!r}")
-        if self.strength <= 0:
-            raise ConfigError(f"WaNet: strength must be > 0, got {self.strength!r}")
-        if self.cross_ratio < 0:
-            raise ConfigError(f"WaNet: cross_ratio must be >= 0 (0: no noise mode), got {self.cross_ratio!r}")
+        check_int("WaNet", "k", self.k, 2)
+        check_number("WaNet", "strength", self.strength)
+        check_number("WaNet", "cross_ratio", self.cross_ratio, strict=False)  # 0: no noise mode
 
     def field(self, height: int, width: int) -> torch.Tensor:
         """The fixed warp, (1, H, W, 2) in grid_sample's normalised coordinates."""

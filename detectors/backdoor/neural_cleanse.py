@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advsuite.errors import ConfigError
+from advsuite.validation import check_int
 
 
 @dataclass
@@ -68,9 +69,7 @@ class NeuralCleanse:
 
     def __post_init__(self) -> None:
         for key in ("steps", "patience", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Neural Cleanse: {key} must be a whole number >= 1, got {value!r}")
+            check_int("Neural Cleanse", key, getattr(self, key), 1)
         if not 0 < self.target_success <= 1:
             raise ConfigError(f"Neural Cleanse: target_success must be in (0, 1], got {self.target_success!r}")
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 
 from advsuite.detector import DEFAULT_FPR, Detector
-from advsuite.errors import ConfigError, InputError
+from advsuite.errors import InputError
 from advsuite.models.classifier import Classifier
+from advsuite.validation import check_int
 
 
 class STRIP(Detector):
@@ -32,8 +33,7 @@ class STRIP(Detector):
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
-        if isinstance(n_overlays, bool) or not isinstance(n_overlays, int) or n_overlays < 1:
-            raise ConfigError(f"STRIP: n_overlays must be a whole number >= 1, got {n_overlays!r}")
+        check_int("STRIP", "n_overlays", n_overlays, 1)
         self.model, self.overlays, self.n_overlays = model, overlays, n_overlays
         self.fpr, self.batch_size, self.seed = fpr, batch_size, seed
 
