@@ -80,9 +80,20 @@ def _config_names(group: str) -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def attack_names() -> list[str]:
-    """The attack config names (the options of ``attack=`` on the command line)."""
-    return _config_names("attack")
+def attack_names(threat: str | None = None) -> list[str]:
+    """The attack config names (the options of ``attack=`` on the command line); ``threat="evasion"`` keeps the
+    attacks ``task=evaluate`` runs, ``threat="poison"`` the backdoor attacks ``task=backdoor`` runs."""
+    names = _config_names("attack")
+    if threat is None:
+        return names
+    folder = importlib.resources.files("advsuite.conf") / "attack"
+    kept = []
+    for name in names:
+        # a YAML without _target_ extends another attack config (its defaults list): an evasion attack's
+        target = OmegaConf.create((folder / f"{name}.yaml").read_text(encoding="utf-8")).get("_target_")
+        if (getattr(get_class(str(target)), "threat", "evasion") if target else "evasion") == threat:
+            kept.append(name)
+    return kept
 
 
 def defense_names() -> list[str]:

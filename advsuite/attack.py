@@ -106,6 +106,9 @@ def construct_attack(cls: Any, options: Mapping[str, Any], label: str) -> Attack
     ``label`` names the attack in messages (its config name, e.g. ``attack pgd``). An unknown option
     gets the list of valid ones and the closest match; a bad value gets the attack's own message.
     """
+    if getattr(cls, "threat", None) == "poison" and not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ConfigError(f"{label} is a poisoning (backdoor) attack: run it with task=backdoor, "
+                          f"e.g. python -m advsuite task=backdoor {label.replace('attack ', 'attack=')}")  # fmt: skip
     if not (isinstance(cls, type) and issubclass(cls, Attack)):
         raise ConfigError(f"{label}: {cls!r} is not an advsuite Attack")
     valid = attack_options(cls)
@@ -130,6 +133,8 @@ class Attack(abc.ABC):
     """
 
     access: ClassVar[Access] = "whitebox"
+    #: what the attack threatens: ``evasion`` (test inputs); poisoning attacks (``poison``) are not Attacks
+    threat: ClassVar[str] = "evasion"
     #: the norm distances are reported in; "linf" or "l2"
     norm: str = "l2"
     #: fixed-epsilon attacks say so; minimisation attacks report distance instead

@@ -197,8 +197,9 @@ def save_image_grid(
     x_adv: torch.Tensor,
     path: str | os.PathLike[str],
     n: int = 8,
+    rows: tuple[str, str, str] = ("original", "adversarial", "perturbation"),
 ) -> Path:
-    """Save the first ``n`` images as three rows: originals, adversarials, perturbations.
+    """Save the first ``n`` images as three rows: originals, adversarials, perturbations (``rows`` names them).
 
     Inputs are (N, C, H, W) in [0, 1] with C = 1 (grayscale) or 3 (RGB). The perturbation
     ``x_adv - x`` is rescaled per image to be visible: ``0.5 + delta / (2 * max|delta|)``, so grey is
@@ -218,7 +219,7 @@ def save_image_grid(
     shown = visible_perturbation(x, x_adv)
     fig = Figure(figsize=(1.4 * n, 4.6))
     axes = fig.subplots(3, n, squeeze=False)
-    for row, (name, images) in enumerate((("original", x), ("adversarial", x_adv), ("perturbation", shown))):
+    for row, (name, images) in enumerate(zip(rows, (x, x_adv, shown), strict=True)):
         for col in range(n):
             ax = axes[row][col]
             image = images[col].clamp(0, 1)  # display only: matplotlib warns on values outside [0, 1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -146,7 +146,7 @@ class Recipe:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _subset_indices(n: int, keep: int | None, seed: int) -> torch.Tensor | None:
+def subset_indices(n: int, keep: int | None, seed: int) -> torch.Tensor | None:
     """A seeded random subset (the embedded splits are ordered by class, so the first k would be one class)."""
     if keep is None or keep >= n:
         return None
@@ -290,7 +290,7 @@ def evaluate_accuracy(
     """``(accuracy, n)`` of ``model`` on ``dataset`` (or a seeded random subset of ``limit`` images), in eval mode."""
     if device is not None:
         model.to(resolve_device(device))
-    indices = _subset_indices(len(dataset), limit, seed)  # type: ignore[arg-type]
+    indices = subset_indices(len(dataset), limit, seed)  # type: ignore[arg-type]
     source = Subset(dataset, indices.tolist()) if indices is not None else dataset
     correct = total = 0
     with model.evaluating():
@@ -334,8 +334,12 @@ def train_classifier(
     seed: int = 0,
     verbose: bool = True,
     checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[int, nn.Module, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data.train`` and evaluate it on ``data.test``.
+
+    ``on_epoch(epoch, model, lr)`` is called after each epoch (1-based) with the learning rate of its last step
+    (e.g. to keep snapshots for TracIn-style influence); the standard trainer only.
 
     ``checkpoint_dir``: where ``train=dat`` keeps the checkpoints a killed run resumes from (the standard
     recipe trains in one go).
@@ -353,7 +357,7 @@ def train_classifier(
     model.to(device)
     shape = tuple(data.input_shape)
     gen = torch.Generator().manual_seed(seed)
-    indices = _subset_indices(len(data.train), recipe.train_subset, seed)  # type: ignore[arg-type]
+    indices = subset_indices(len(data.train), recipe.train_subset, seed)  # type: ignore[arg-type]
     n_train, epoch_batches = _batches(data.train, indices, recipe, shape, gen)
     steps_per_epoch = max(1, n_train // recipe.batch_size + int(n_train % recipe.batch_size > 1))
     total = recipe.epochs * steps_per_epoch
@@ -406,6 +410,8 @@ def train_classifier(
                     if recipe.adversarial != "none":
                         shown |= {"clean_ce": f"{clean_sum / seen:.3f}", "adv_ce": f"{adv_sum / seen:.3f}"}
                     bar.set_postfix(shown | {"acc": f"{float(correct) / seen:.3f}"})
+            if on_epoch is not None:
+                on_epoch(epoch + 1, model, float(scheduler.get_last_lr()[0]))
             if verbose and recipe.adversarial != "none":
                 tqdm.write(f"{model.name} epoch {epoch + 1}: clean CE {clean_sum / max(1, seen):.3f}, "
                            f"{recipe.adversarial} adversarial CE {adv_sum / max(1, seen):.3f}")  # fmt: skip

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import advsuite.conf
+from advsuite.api import attack_names
 from advsuite.attack import Attack
 
 CONF = Path(advsuite.conf.__file__).parent
@@ -30,7 +31,7 @@ def test_every_group_has_options() -> None:
         assert options(group), f"conf/{group} is empty"
 
 
-@pytest.mark.parametrize("attack", options("attack"))
+@pytest.mark.parametrize("attack", attack_names("evasion"))
 def test_attack_configs_instantiate(attack: str) -> None:
     cfg = compose_with(f"attack={attack}")
     built = instantiate(cfg.attack)
@@ -85,7 +86,7 @@ DELIBERATE: dict[str, dict[str, object]] = {
 }
 
 
-@pytest.mark.parametrize("attack", options("attack"))
+@pytest.mark.parametrize("attack", attack_names("evasion"))
 def test_attack_yaml_sets_only_fields_and_deliberate_differences(attack: str) -> None:
     import dataclasses
 
@@ -110,6 +111,22 @@ def test_attack_yaml_sets_only_fields_and_deliberate_differences(attack: str) ->
             assert isinstance(differs[key], dict) and differs[key].get("kind")
         elif value != "set":
             assert differs[key] == value, (attack, key)
+
+
+@pytest.mark.parametrize("attack", attack_names("poison"))
+def test_poison_attack_configs_build_with_class_defaults(attack: str) -> None:
+    from advsuite.attacks.backdoor import PoisonAttack
+    from advsuite.attacks.backdoor.experiment import build_poison_attack
+
+    built = build_poison_attack(compose_with(f"attack={attack}", "task=backdoor").attack, attack)
+    assert isinstance(built, PoisonAttack) and built.paper
+    assert (built.target, built.mode, built.rate) == (0, "all_to_one", 0.1)  # the YAML sets no option
+
+
+def test_attack_names_split_by_threat() -> None:
+    assert attack_names("poison") == ["badnets", "blended", "lc", "sig", "wanet"]
+    assert set(attack_names("evasion")) | set(attack_names("poison")) == set(attack_names())
+    assert "pgd" in attack_names("evasion")
 
 
 def test_qeba_is_qeba_s() -> None:

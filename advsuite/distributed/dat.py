@@ -38,12 +38,12 @@ from advsuite.errors import AdvsuiteError
 from advsuite.seeding import derive_seed
 from advsuite.training import (
     _optimizer,
-    _subset_indices,
     augment_batch,
     augmentation_plan,
     evaluate_accuracy,
     lr_factor,
     ramped,
+    subset_indices,
 )
 
 from . import checkpoint
@@ -378,7 +378,7 @@ class _NullTracer:
 def training_tensors(data: DataBundle, recipe: DatRecipe, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The training split (or its seeded subset, as the standard recipe takes it) as two CPU tensors."""
     x, y = as_tensors(data.train)
-    indices = _subset_indices(len(x), recipe.train_subset, seed)
+    indices = subset_indices(len(x), recipe.train_subset, seed)
     return (x[indices], y[indices]) if indices is not None else (x, y)
 
 

@@ -50,10 +50,10 @@ def run_trace(cfg: DictConfig) -> dict[str, Any]:
     data = instantiate(cfg.dataset)
     if not isinstance(data, DataBundle):
         raise ConfigError(f"dataset config must instantiate a DataBundle, got {type(data).__name__}")
-    from advsuite.models.zoo import _build, parse_spec
+    from advsuite.models.zoo import build_untrained, parse_spec
 
     seed = int(cfg.seed)
-    model, _ = _build(parse_spec(to_plain(cfg.model)), data, seed)
+    model, _ = build_untrained(parse_spec(to_plain(cfg.model)), data, seed)
     x, y = training_tensors(data, recipe, seed)
     x, y = x[: int(t.train_images)], y[: int(t.train_images)]
     steps = int(t.steps)

@@ -134,7 +134,7 @@ def load_model(
     parsed = parse_spec(spec)
     merged = Recipe.coerce(to_plain(recipe), parsed["recipe_overrides"])
     dev = resolve_device(device)
-    model, base_info = _build(parsed, data, seed)
+    model, base_info = build_untrained(parsed, data, seed)
     if parsed["checkpoint"]:
         return _from_checkpoint(model, Path(str(parsed["checkpoint"])).expanduser(), base_info, data, dev, seed)
     key = cache_key(parsed, data, merged, base_info["adaptation"], seed)
@@ -177,7 +177,7 @@ def load_model(
 # -- the stages of load_model() ------------------------------------------------------------------------
 
 
-def _build(parsed: Mapping[str, Any], data: DataBundle, seed: int) -> tuple[Classifier, dict[str, Any]]:
+def build_untrained(parsed: Mapping[str, Any], data: DataBundle, seed: int) -> tuple[Classifier, dict[str, Any]]:
     """The untrained Classifier (its initial weights fixed by ``seed``) and the provenance every source shares."""
     arch, kwargs = parsed["arch"], parsed["kwargs"]
     with torch.random.fork_rng(devices=[]):

@@ -1,4 +1,4 @@
-"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard, audit, prior, face)."""
+"""Tasks: what one run does, chosen by ``task=`` (evaluate, train, leaderboard, audit, prior, face, backdoor…)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ TASKS = {
     "prior": "advsuite.attacks.boundary.priors.task:run_prior",
     # the face family's own task: patches judged on held-out face embedders at a fixed FAR
     "face": "advsuite.attacks.face.task:run_face",
+    # backdoors: poison and train (the first stage), then defend or identify the poison from its record
+    "backdoor": "advsuite.attacks.backdoor.task:run_backdoor",
 }
 
 

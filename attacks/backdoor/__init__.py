@@ -9,9 +9,10 @@ samples, robust accuracy RA, DER).
 from .badnets import BadNets
 from .base import PoisonAttack, Poisoned
 from .blended import Blended
+from .label_consistent import LabelConsistent
 from .metrics import BackdoorMetrics, backdoor_metrics, defense_effectiveness_rate
 from .sig import SIG
 from .wanet import WaNet
 
-__all__ = ["SIG", "BackdoorMetrics", "BadNets", "Blended", "PoisonAttack", "Poisoned", "WaNet",
+__all__ = ["SIG", "BackdoorMetrics", "BadNets", "Blended", "LabelConsistent", "PoisonAttack", "Poisoned", "WaNet",
            "backdoor_metrics", "defense_effectiveness_rate"]  # fmt: skip

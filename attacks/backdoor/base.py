@@ -43,6 +43,8 @@ class PoisonAttack(abc.ABC):
     clean_label: ClassVar[bool] = False
     #: the paper the attack follows
     paper: ClassVar[str] = ""
+    #: needs a model trained on clean data before it can poison (:meth:`attach_clean_model`)
+    needs_clean_model: ClassVar[bool] = False
 
     target: int = 0
     mode: str = "all_to_one"
@@ -58,6 +60,9 @@ class PoisonAttack(abc.ABC):
         if self.clean_label and self.mode != "all_to_one":
             raise ConfigError(f"{name} is a clean-label attack: it only supports mode=all_to_one")
         check_int(name, "target", self.target, 0)
+
+    def attach_clean_model(self, model: torch.nn.Module) -> None:  # noqa: B027 - optional hook
+        """Give an attack that :attr:`needs_clean_model` the clean model it poisons with (a no-op otherwise)."""
 
     # ------------------------------------------------------------------------------------------- trigger
 
