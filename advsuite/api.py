@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import get_class
-from omegaconf import OmegaConf
+from hydra.utils import get_class, get_method
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from advsuite.attack import Attack, construct_attack
@@ -80,25 +80,32 @@ def _config_names(group: str) -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def attack_names(threat: str | None = None) -> list[str]:
-    """The attack config names (the options of ``attack=`` on the command line); ``threat="evasion"`` keeps the
-    attacks ``task=evaluate`` runs, ``threat="poison"`` the backdoor attacks ``task=backdoor`` runs."""
-    names = _config_names("attack")
+def _by_threat(group: str, threat: str | None) -> list[str]:
+    """A group's config names; with ``threat``, only those whose ``_target_`` declares it (``evasion`` unless it
+    says otherwise; a YAML without ``_target_`` extends another config of the group: an evasion one)."""
+    names = _config_names(group)
     if threat is None:
         return names
-    folder = importlib.resources.files("advsuite.conf") / "attack"
+    folder = importlib.resources.files("advsuite.conf") / group
     kept = []
     for name in names:
-        # a YAML without _target_ extends another attack config (its defaults list): an evasion attack's
-        target = OmegaConf.create((folder / f"{name}.yaml").read_text(encoding="utf-8")).get("_target_")
-        if (getattr(get_class(str(target)), "threat", "evasion") if target else "evasion") == threat:
+        node = OmegaConf.create((folder / f"{name}.yaml").read_text(encoding="utf-8"))
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if (getattr(get_method(str(target)), "threat", "evasion") if target else "evasion") == threat:
             kept.append(name)
     return kept
 
 
-def defense_names() -> list[str]:
-    """The defense config names (the options of ``defense=``)."""
-    return _config_names("defense")
+def attack_names(threat: str | None = None) -> list[str]:
+    """The attack config names (the options of ``attack=`` on the command line); ``threat="evasion"`` keeps the
+    attacks ``task=evaluate`` runs, ``threat="poison"`` the backdoor attacks ``task=backdoor`` runs."""
+    return _by_threat("attack", threat)
+
+
+def defense_names(threat: str | None = None) -> list[str]:
+    """The defense config names (the options of ``defense=``); ``threat="evasion"`` keeps the ones in front of the
+    model in ``task=evaluate``, ``threat="poison"`` the backdoor defenses of ``task=backdoor_defense``."""
+    return _by_threat("defense", threat)
 
 
 def detector_names() -> list[str]:

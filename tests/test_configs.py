@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import advsuite.conf
-from advsuite.api import attack_names
+from advsuite.api import attack_names, defense_names
 from advsuite.attack import Attack
 
 CONF = Path(advsuite.conf.__file__).parent
@@ -115,12 +115,32 @@ def test_attack_yaml_sets_only_fields_and_deliberate_differences(attack: str) ->
 
 @pytest.mark.parametrize("attack", attack_names("poison"))
 def test_poison_attack_configs_build_with_class_defaults(attack: str) -> None:
+    import dataclasses
+
     from advsuite.attacks.backdoor import PoisonAttack
     from advsuite.attacks.backdoor.experiment import build_poison_attack
 
-    built = build_poison_attack(compose_with(f"attack={attack}", "task=backdoor").attack, attack)
+    config = compose_with(f"attack={attack}", "task=backdoor").attack
+    built = build_poison_attack(config, attack)
     assert isinstance(built, PoisonAttack) and built.paper
-    assert (built.target, built.mode, built.rate) == (0, "all_to_one", 0.1)  # the YAML sets no option
+    # every option listed (so the command line can set it), each null: the defaults live in the class only
+    options = {f.name for f in dataclasses.fields(built) if f.init and not f.name.startswith("_")}
+    assert set(config) - {"_target_"} == options and all(config[k] is None for k in options)
+    assert build_poison_attack(compose_with(f"attack={attack}", "attack.rate=0.05").attack, attack).rate == 0.05
+
+
+@pytest.mark.parametrize("defense", defense_names("poison"))
+def test_backdoor_defense_configs_list_every_option_as_null(defense: str) -> None:
+    import dataclasses
+
+    from advsuite.defenses.backdoor import BackdoorDefense
+    from advsuite.defenses.backdoor.task import build_backdoor_defense
+
+    config = compose_with(f"defense={defense}", "task=backdoor_defense").defense
+    built = build_backdoor_defense(config, defense)
+    assert isinstance(built, BackdoorDefense) and built.name == defense == config.name and built.paper
+    options = {f.name for f in dataclasses.fields(built) if f.init}  # type: ignore[arg-type]
+    assert set(config) - {"_target_", "name"} == options and all(config[k] is None for k in options)
 
 
 def test_attack_names_split_by_threat() -> None:

@@ -120,12 +120,15 @@ def test_every_defense_config_builds_and_custom_ones_load_by_import_path() -> No
     import advsuite
     from advsuite.tasks.options import build_run_defense
 
-    assert advsuite.defense_names() == [
+    assert advsuite.defense_names("poison") == [
+        "activation_clustering", "fine_pruning", "fine_tuning", "neural_cleanse", "spectral", "strip",
+    ]  # fmt: skip
+    assert advsuite.defense_names("evasion") == [
         "bit_depth", "chain", "custom", "gaussian_noise", "jpeg", "median", "none", "perturbation_grading",
         "random_resize_pad",
     ]  # fmt: skip
     assert advsuite.detector_names() == ["custom", "feature_squeezing", "none"]
-    for name in advsuite.defense_names():
+    for name in advsuite.defense_names("evasion"):
         defense_cfg = OmegaConf.load(Path(__file__).parents[1] / f"conf/defense/{name}.yaml")
         cfg = OmegaConf.create({"seed": 0, "defense": defense_cfg})
         if name == "custom":

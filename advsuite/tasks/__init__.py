@@ -23,6 +23,8 @@ TASKS = {
     "face": "advsuite.attacks.face.task:run_face",
     # backdoors: poison and train (the first stage), then defend or identify the poison from its record
     "backdoor": "advsuite.attacks.backdoor.task:run_backdoor",
+    "backdoor_defense": "advsuite.defenses.backdoor.task:run_backdoor_defense",
+    "backdoor_identify": "advsuite.detectors.backdoor.task:run_backdoor_identify",
 }
 
 

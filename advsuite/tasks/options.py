@@ -132,6 +132,9 @@ def _component(
         factory = get_method(target)
     except Exception as exc:  # Hydra raises ImportError or ValueError subclasses
         raise ConfigError(f"{label}: cannot import its _target_ {target!r} ({exc})") from exc
+    if getattr(factory, "threat", None) == "poison":
+        raise ConfigError(f"{label} is a backdoor defense: run it with task=backdoor_defense "
+                          f"backdoor=<the task=backdoor run> {group}={choice or section.get('name')}")  # fmt: skip
     valid = [p for p in inspect.signature(factory).parameters if p != "self" and p not in supplied]
     _known_keys(kwargs, valid, label, group)
     return factory, kwargs, label

@@ -11,6 +11,7 @@ for ``task=backdoor_defense`` and ``task=backdoor_identify`` from the attack rec
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from advsuite.errors import CheckpointError, ConfigError
 from advsuite.models.checkpoints import apply_state, network_state
 from advsuite.models.classifier import Classifier
 from advsuite.models.zoo import build_untrained, cache_key, load_model, parse_spec, versions
+from advsuite.results.store import ResultsStore
 from advsuite.seeding import derive_seed, make_generator
 from advsuite.training import Recipe, subset_indices, train_classifier
 from advsuite.validation import check_known_options
@@ -35,6 +37,8 @@ from advsuite.validation import check_known_options
 from .base import PoisonAttack, Poisoned
 
 SECTION = "backdoor"
+RECORD_HINT = ("a task=backdoor run: its record.json or run directory, its run id, its model key, or an attack name "
+               "such as badnets (that attack's latest run on this dataset and model)")  # fmt: skip
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -64,6 +68,19 @@ class BackdoorStage:
     key: str
     entry: Entry
     meta: dict[str, Any]
+    parsed: dict[str, Any]
+    seed: int
+    device: torch.device
+    verbose: bool = True
+
+    def retrain(self, keep: torch.Tensor) -> Classifier:
+        """A fresh model (same initial weights) trained with the recipe on the training samples at ``keep``."""
+        model, _ = build_untrained(self.parsed, self.data, self.seed)
+        bundle = dataclasses.replace(self.data, train=TensorDataset(self.poisoned.x[keep], self.poisoned.y[keep]))
+        whole = Recipe.coerce({**self.recipe.to_dict(), "train_subset": None})
+        train_classifier(model, bundle, whole, device=self.device, seed=self.seed, verbose=self.verbose)
+        model.info = {**self.model.info, "source": "retrained", "n_train": len(keep)}
+        return model.eval()
 
     @property
     def poison_dataset_indices(self) -> torch.Tensor:
@@ -77,7 +94,7 @@ def build_poison_attack(options: Any, choice: str | None = None) -> PoisonAttack
     plain = to_plain(options)
     if not isinstance(plain, dict) or "_target_" not in plain:
         raise ConfigError(f"{label} has no _target_ (e.g. advsuite.attacks.backdoor.BadNets)")
-    plain = dict(plain)
+    plain = {k: v for k, v in plain.items() if v is not None}  # null: the class's default
     target = str(plain.pop("_target_"))
     try:
         cls = get_class(target)
@@ -188,7 +205,7 @@ def poison_stage(
         meta = entry.store(state, meta)
         model.info = {**meta, "source": "trained", "path": str(entry.weights)}
     return BackdoorStage(data, attack, attack_name, recipe, train_indices, poisoned, model, kept, clean, key, entry,
-                         meta)  # fmt: skip
+                         meta, parsed, seed, device, verbose)  # fmt: skip
 
 
 def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -236,3 +253,45 @@ def stage_from_record(record: dict[str, Any], home: str, *, verbose: bool = True
     task = config.task
     return poison_stage(config, attack, str(names.get("attack")), clean_reference=False,
                         snapshots=int(task.get("snapshots", 0)), verbose=verbose)  # fmt: skip
+
+
+def find_backdoor_record(value: Any, home: Path, dataset: str, model: str) -> dict[str, Any]:
+    """The finished ``task=backdoor`` record ``value`` names (see :data:`RECORD_HINT`); one line when it is not one."""
+    if value in (None, ""):
+        raise ConfigError(f"task=backdoor_defense needs backdoor=<{RECORD_HINT}>")
+    text = str(value)
+    path = Path(text).expanduser()
+    record: dict[str, Any] | None = None
+    if path.is_dir():
+        path = path / "record.json"
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"backdoor={text}: cannot read the record ({exc})") from exc
+    else:
+        store = ResultsStore(home)
+        everything = store.records(status=None)
+        record = next((r for r in everything if r.get("run_id") == text), None)
+        if record is None:
+            backdoor = [r for r in everything if (r.get("names") or {}).get("task") == "backdoor"
+                        and r.get("status") == "finished"]  # fmt: skip
+            by_key = [r for r in backdoor if (r.get("names") or {}).get("backdoor_key") == text]
+            by_attack = [r for r in backdoor if (r.get("names") or {}).get("attack") == text
+                         and r["names"].get("dataset") == dataset and r["names"].get("model") == model]  # fmt: skip
+            found = by_key or by_attack
+            record = found[-1] if found else None
+    if record is None:
+        raise ConfigError(f"backdoor={text}: no such record, run id, key or attack run on {dataset}/{model} in "
+                          f"{home}; give {RECORD_HINT}")  # fmt: skip
+    names = record.get("names") or {}
+    task = names.get("task") or (record.get("config") or {}).get("task", {}).get("name")
+    if task != "backdoor":
+        raise ConfigError(
+            f"backdoor={text} is a task={task} record (attack {names.get('attack')} on "
+            f"{names.get('model')} / {names.get('dataset')}), not a backdoor record; give {RECORD_HINT}"
+        )
+    if record.get("status") != "finished":
+        raise ConfigError(f"backdoor={text} is a {record.get('status')} backdoor run ({record.get('error')}); "
+                          "rerun it first")  # fmt: skip
+    return record
