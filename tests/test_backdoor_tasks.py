@@ -122,6 +122,17 @@ def test_influence_over_checkpoints_finds_the_poison(badnets: dict[str, Any]) ->
     assert m["representer_auprc"] > m["random_auprc"]
 
 
+def test_the_leaderboard_renders_the_attack_by_defense_grid(badnets: dict[str, Any], tmp_path: Path) -> None:
+    result = run("task=leaderboard", f"task.out_dir={tmp_path}", "task.plot=false")
+    grid = next(g for g in result["backdoor_grids"] if g.dataset == "mnist5k")
+    assert "badnets" in grid.attacks and grid.defenses[0] == "none" and "strip" in grid.defenses
+    m = badnets["metrics"]
+    text = (tmp_path / "backdoor_grid.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| badnets |"))
+    assert row.split(" | ")[1] == f"{100 * m['clean_accuracy']:.1f} / {100 * m['asr']:.1f} / {100 * m['ra']:.1f}"
+    assert (tmp_path / "backdoor_grid.csv").read_text().count("badnets") >= 4
+
+
 def test_defense_runs_refuse_what_is_not_a_backdoor_record(tmp_path: Path) -> None:
     fake = tmp_path / "record.json"
     fake.write_text(json.dumps({"run_id": "x", "status": "finished", "run_dir": str(tmp_path),

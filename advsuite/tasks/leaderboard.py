@@ -17,7 +17,14 @@ from advsuite.leaderboard import (
     write_leaderboard,
     write_query_plots,
 )
+from advsuite.leaderboard.backdoor import (
+    build_backdoor_grids,
+    render_backdoor_csv,
+    render_backdoor_html,
+    render_backdoor_markdown,
+)
 from advsuite.paths import advsuite_home
+from advsuite.results.record import atomic_write_text
 from advsuite.results.store import ResultsStore
 
 
@@ -50,7 +57,12 @@ def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
         print(render_markdown(rows))
     if query_rows:
         print(f"{QUERY_TITLE}\n\n{render_query_markdown(query_rows)}")
-    if not rows and not query_rows:
+    grids = build_backdoor_grids(
+        r for task_name in ("backdoor", "backdoor_defense") for r in store.records(dataset=dataset, task=task_name)
+    )
+    if grids:
+        print(render_backdoor_markdown(grids))
+    if not rows and not query_rows and not grids:
         print(
             f"no finished evaluate runs for dataset={dataset} norm={norm} epsilon={epsilon} "
             f"in {store.path}; run some first (python -m advsuite ...), or pass task.rebuild=true if run "
@@ -62,6 +74,13 @@ def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
     written = write_leaderboard(rows, out_dir, formats=formats, stem=stem, query_rows=query_rows)
     for fmt, path in written.items():
         print(f"wrote {fmt}: {path}")
+    if grids:
+        grid_stem = "_".join(["backdoor_grid", *([str(dataset)] if dataset else [])])
+        render = {"md": render_backdoor_markdown, "html": render_backdoor_html, "csv": render_backdoor_csv}
+        for fmt in formats:
+            path = atomic_write_text(out_dir / f"{grid_stem}.{fmt}", render[fmt](grids))
+            written[f"backdoor_{fmt}"] = path
+            print(f"wrote backdoor grid {fmt}: {path}")
     plots = write_query_plots(query_rows, out_dir, stem=stem) if task.get("plot", True) else []
     for path in plots:
         print(f"wrote plot: {path}")
@@ -71,5 +90,6 @@ def run_leaderboard(cfg: DictConfig) -> dict[str, Any]:
         "paths": {fmt: str(p) for fmt, p in written.items()},
         "plots": [str(p) for p in plots],
         "n_records": len(records),
+        "backdoor_grids": grids,
         "rebuilt": rebuilt,
     }

@@ -114,6 +114,13 @@ def attack_options(attack: PoisonAttack) -> dict[str, Any]:
     return {f.name: getattr(attack, f.name) for f in fields if f.init and not f.name.startswith("_")}
 
 
+def attack_label(name: str, attack: PoisonAttack) -> str:
+    """The attack's name with the options that differ from its class's defaults (``badnets (rate=0.05)``)."""
+    changed = [f"{f.name}={getattr(attack, f.name)}" for f in dataclasses.fields(attack)
+               if f.init and not f.name.startswith("_") and getattr(attack, f.name) != f.default]  # fmt: skip
+    return f"{name} ({', '.join(changed)})" if changed else name
+
+
 def check_victim(spec: Any, recipe: Recipe) -> dict[str, Any]:
     """The parsed model spec, refused where the victim would not be trained on the poisoned set."""
     parsed = parse_spec(spec)

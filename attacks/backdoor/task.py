@@ -20,7 +20,7 @@ from advsuite.recording import RunRecorder
 from advsuite.seeding import seed_everything
 from advsuite.validation import check_int
 
-from .experiment import BackdoorStage, attack_options, build_poison_attack, poison_stage
+from .experiment import BackdoorStage, attack_label, attack_options, build_poison_attack, poison_stage
 from .metrics import BackdoorMetrics, backdoor_metrics
 
 TITLES = {
@@ -99,7 +99,8 @@ def run_backdoor(cfg: DictConfig) -> dict[str, Any]:
             "seconds_per_epoch": stage.meta.get("seconds_per_epoch"),
             "model_source": stage.model.info.get("source"),
         }
-        recorder.names |= {"weights_hash": stage.meta.get("weights_hash"), "backdoor_key": stage.key}
+        recorder.names |= {"weights_hash": stage.meta.get("weights_hash"), "backdoor_key": stage.key,
+                           "attack_label": attack_label(attack_name, attack)}  # fmt: skip
         recorder.record["backdoor"] = {"key": stage.key, "entry": str(stage.entry.path),
                                        "attack_options": attack_options(attack), "paper": attack.paper}  # fmt: skip
         artifacts = write_backdoor_artifacts(recorder.run_dir, stage, x, int(cfg.task.grid_images))

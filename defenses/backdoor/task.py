@@ -118,7 +118,8 @@ def run_backdoor_defense(cfg: DictConfig) -> dict[str, Any]:
         attack_names = attack_record["names"]
         recorder.names = {**names, "attack": attack_names["attack"], "dataset": attack_names["dataset"],
                           "model": attack_names["model"], "weights_hash": attack_names.get("weights_hash"),
-                          "backdoor_key": attack_names.get("backdoor_key")}  # fmt: skip
+                          "backdoor_key": attack_names.get("backdoor_key"),
+                          "attack_label": attack_names.get("attack_label")}  # fmt: skip
         seed = int(cfg.seed)
         seed_everything(seed)
         stage = stage_from_record(attack_record, str(home), verbose=bool(cfg.verbose))

@@ -73,7 +73,10 @@ def run_backdoor_identify(cfg: DictConfig) -> dict[str, Any]:
         names = recorder.names
         attack_record = find_backdoor_record(cfg.get("backdoor"), home, names["dataset"], names["model"])
         found = attack_record["names"]
-        recorder.names = {**names, **{k: found.get(k) for k in ("attack", "dataset", "model", "backdoor_key")}}
+        recorder.names = {
+            **names,
+            **{k: found.get(k) for k in ("attack", "dataset", "model", "backdoor_key", "attack_label")},
+        }
         seed = int(cfg.seed)
         seed_everything(seed)
         stage = stage_from_record(attack_record, str(home), verbose=bool(cfg.verbose))
