@@ -8,6 +8,7 @@ The Python API in one import::
     result = attack(model, x, y)                                   # an AttackResult
     record = advsuite.evaluate_and_record(model, attack, x, y)     # into the results store
     report = advsuite.audit(model, x, y, defense=my_defense)       # an adaptive-attack audit (docs/audit.md)
+    record = advsuite.run("task=backdoor", "attack=badnets")       # any task, as the command line runs it
 """
 
 from advsuite.api import (
@@ -17,6 +18,7 @@ from advsuite.api import (
     defense_names,
     detector_names,
     evaluate_and_record,
+    run,
     wrap_model,
 )
 from advsuite.attack import Attack, AttackResult
@@ -48,5 +50,6 @@ __all__ = [
     "is_adversarial",
     "load_model",
     "mnist5k",
+    "run",
     "wrap_model",
 ]

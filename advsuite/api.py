@@ -226,6 +226,20 @@ def audit(model: Classifier, x: torch.Tensor, y: torch.Tensor, **options: Any) -
     return importlib.import_module(AUDIT).audit(model, x, y, **options)
 
 
+def run(*overrides: str) -> Any:
+    """Run any task as the command line would (``advsuite.run("task=backdoor", "attack=badnets")`` is
+    ``python -m advsuite task=backdoor attack=badnets``): the same config groups, checks, caches and records;
+    returns what the task returns (a record for ``evaluate``, ``backdoor``, ``backdoor_defense``, ...)."""
+    from advsuite.tasks import run_task
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or test: its search path has our configs
+        cfg = compose("config", list(overrides))
+    else:
+        with initialize_config_module(config_module="advsuite.conf", version_base="1.3"):
+            cfg = compose("config", list(overrides))
+    return run_task(cfg)
+
+
 def _jsonable(value: Any) -> Any:
     """An attack field as the record stores it: a loaded module (e.g. a learned prior) by its description."""
     if isinstance(value, torch.nn.Module):

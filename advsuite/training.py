@@ -338,7 +338,7 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data.train`` and evaluate it on ``data.test``.
 
-    ``on_epoch(epoch, model, lr)`` is called after each epoch (1-based) with the learning rate of its last step
+    ``on_epoch(epoch, model, lr)`` is called after each epoch (1-based) with the mean learning rate of its steps
     (e.g. to keep snapshots for TracIn-style influence); the standard trainer only.
 
     ``checkpoint_dir``: where ``train=dat`` keeps the checkpoints a killed run resumes from (the standard
@@ -382,6 +382,7 @@ def train_classifier(
         for epoch in range(recipe.epochs):
             loss_sum.zero_(), correct.zero_()
             seen, clean_sum, adv_sum = 0, 0.0, 0.0
+            lr_sum, epoch_steps = 0.0, 0
             for xb, yb in epoch_batches(device):
                 xb = augment_batch(xb, padding, flip, gen)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -394,6 +395,7 @@ def train_classifier(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                lr_sum, epoch_steps = lr_sum + float(scheduler.get_last_lr()[0]), epoch_steps + 1
                 scheduler.step()
                 loss_sum += loss.detach() * len(yb)
                 correct += (logits.argmax(1) == yb).sum()
@@ -411,7 +413,7 @@ def train_classifier(
                         shown |= {"clean_ce": f"{clean_sum / seen:.3f}", "adv_ce": f"{adv_sum / seen:.3f}"}
                     bar.set_postfix(shown | {"acc": f"{float(correct) / seen:.3f}"})
             if on_epoch is not None:
-                on_epoch(epoch + 1, model, float(scheduler.get_last_lr()[0]))
+                on_epoch(epoch + 1, model, lr_sum / max(1, epoch_steps))
             if verbose and recipe.adversarial != "none":
                 tqdm.write(f"{model.name} epoch {epoch + 1}: clean CE {clean_sum / max(1, seen):.3f}, "
                            f"{recipe.adversarial} adversarial CE {adv_sum / max(1, seen):.3f}")  # fmt: skip

@@ -133,3 +133,41 @@ def test_a_model_trained_on_the_poison_learns_the_backdoor_and_keeps_its_accurac
     metrics = backdoor_metrics(model, attack, xt, yt, 10)
     assert metrics.clean_accuracy > 0.9 and metrics.asr > 0.9, metrics
     assert metrics.ra < 0.1
+
+
+class _Linear(nn.Module):
+    """A fixed linear classifier on 3×16×16 images: a surrogate with real gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_label_consistent_perturbs_target_images_within_eps_then_stamps_the_corners():
+    from advsuite.attacks.backdoor import LabelConsistent
+
+    x, y = _images(200)
+    attack = LabelConsistent(rate=0.05, eps=8 / 255, steps=5)
+    with pytest.raises(ConfigError, match="needs a clean surrogate model"):
+        attack.poison(x, y, 10, torch.Generator().manual_seed(0))
+    surrogate = _Linear()
+    attack.attach_clean_model(surrogate)
+    poisoned = attack.poison(x, y, 10, torch.Generator().manual_seed(0))
+    assert len(poisoned.indices) == 10 and (y[poisoned.indices] == 0).all()
+    assert torch.equal(poisoned.y, y)  # clean-label: no label changes
+    changed = poisoned.x[poisoned.indices] - x[poisoned.indices]
+    grey = torch.full((1, 3, 16, 16), 0.5)
+    corners = attack.trigger(grey).ne(grey).any(1, keepdim=True).expand(-1, 3, -1, -1)[0]
+    assert changed[:, ~corners].abs().max() <= 8 / 255 + 1e-6  # the adversarial part stays in the eps-ball
+    assert changed[:, ~corners].abs().max() > 4 / 255  # and PGD moved the images
+    loss = nn.functional.cross_entropy
+    clean_loss = loss(surrogate(x[poisoned.indices]), y[poisoned.indices])
+    perturbed = attack.perturb(x[poisoned.indices], y[poisoned.indices], torch.Generator().manual_seed(1))
+    assert loss(surrogate(perturbed), y[poisoned.indices]) > clean_loss + 0.1  # away from their own class
+    others = torch.ones(len(x), dtype=torch.bool)
+    others[poisoned.indices] = False
+    assert torch.equal(poisoned.x[others], x[others])

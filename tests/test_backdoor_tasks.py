@@ -87,6 +87,8 @@ def test_a_killed_poisoned_training_is_never_used_and_the_next_run_retrains(monk
         ("fine_pruning", lambda m: m["defense_pruned_units"] > 0 and m["clean_accuracy"] >= 0.8),
         ("strip", lambda m: m["asr"] <= 0.1 and m["detection_auroc"] >= 0.95 and m["der"] >= 0.9),
         ("spectral", lambda m: m["detection_auroc"] >= 0.6 and m["removed"] > 0 and m["removed_poison_recall"] >= 0),
+        ("fine_tuning", lambda m: m["defense_fine_tune_images"] == 200 and m["clean_accuracy"] >= 0.85),
+        ("activation_clustering", lambda m: "detection_auroc" in m and m["clean_accuracy"] >= 0.8),
     ],
 )
 def test_backdoor_defenses_record_before_after_and_detection(
@@ -102,7 +104,7 @@ def test_backdoor_defenses_record_before_after_and_detection(
 
 
 def test_neural_cleanse_as_a_defense_finds_the_smallest_trigger_at_the_target(badnets: dict[str, Any]) -> None:
-    record = run("task=backdoor_defense", "backdoor=badnets", "defense=neural_cleanse", "defense.steps=40",
+    record = run("task=backdoor_defense", "backdoor=badnets", "defense=neural_cleanse", "defense.steps=40", RECIPE[0],
                  *RECIPE[1:])  # fmt: skip
     m = record["metrics"]
     masks = m["defense_mask_l1"]

@@ -31,22 +31,32 @@ class BackdoorGrid:
 
 
 def build_backdoor_grids(records: Iterable[Mapping[str, Any]]) -> list[BackdoorGrid]:
-    """One grid per (dataset, model) from finished ``backdoor`` and ``backdoor_defense`` records (oldest first)."""
-    grids: dict[tuple[str, str], BackdoorGrid] = {}
+    """One grid per (dataset, model) from finished ``backdoor`` and ``backdoor_defense`` records (oldest first).
+
+    A row is one poisoned model (its cache key), named by the attack and its changed options; where one name
+    covers several models (other recipes or seeds), the key is added to it.
+    """
+    raw: dict[tuple[str, str], dict[tuple[str, str], Mapping[str, Any]]] = {}
+    labels: dict[tuple[str, str], dict[str, str]] = {}
     for record in records:
         names = record.get("names") or {}
         if record.get("status") != "finished" or names.get("task") not in ("backdoor", "backdoor_defense"):
             continue
-        dataset, model = str(names.get("dataset")), str(names.get("model"))
-        grid = grids.setdefault((dataset, model), BackdoorGrid(dataset, model))
-        attack = str(names.get("attack_label") or names.get("attack"))  # the attack with its changed options
+        where = (str(names.get("dataset")), str(names.get("model")))
+        key = str(names.get("backdoor_key"))
+        labels.setdefault(where, {})[key] = str(names.get("attack_label") or names.get("attack"))
         defense = "none" if names["task"] == "backdoor" else str(names.get("defense"))
-        grid.cells[(attack, defense)] = record.get("metrics") or {}  # later records replace earlier ones
-    for grid in grids.values():
+        raw.setdefault(where, {})[(key, defense)] = record.get("metrics") or {}  # later records replace earlier
+    grids = []
+    for where in sorted(raw):
+        named = labels[where]
+        shown = {k: v if list(named.values()).count(v) == 1 else f"{v} [{k}]" for k, v in named.items()}
+        grid = BackdoorGrid(*where, cells={(shown[k], d): m for (k, d), m in raw[where].items()})
         grid.attacks = sorted({a for a, _ in grid.cells})
         defenses = {d for _, d in grid.cells}
         grid.defenses = ["none", *sorted(defenses - {"none"})] if "none" in defenses else sorted(defenses)
-    return [grids[k] for k in sorted(grids)]
+        grids.append(grid)
+    return grids
 
 
 def _percent(value: Any) -> str:

@@ -28,6 +28,8 @@ SCHEMA_VERSION = 1
 IGNORED_CONFIG_KEYS: tuple[str, ...] = ("hydra", "paths", "redo", "verbose", "task.grid_images")
 #: config groups added after runs were recorded: left out of the hash when their ``name`` is ``none``
 OPTIONAL_COMPONENTS: tuple[str, ...] = ("detector",)
+#: top-level keys added after runs were recorded: left out of the hash when null
+OPTIONAL_KEYS: tuple[str, ...] = ("backdoor",)
 
 #: packages whose versions can change results; recorded with every run
 VERSIONED_PACKAGES: tuple[str, ...] = ("advsuite", "torch", "torchvision", "foolbox", "timm")
@@ -175,6 +177,7 @@ def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = IGNORED_CONFI
     top = {name for name in ignored if "." not in name}
     # an optional component left out hashes like a config from before it existed, so those runs still count
     top |= {name for name in OPTIONAL_COMPONENTS if _name_of(config.get(name)) == "none"}
+    top |= {name for name in OPTIONAL_KEYS if config.get(name) is None}
     # Drop top-level keys before converting: they may hold interpolations that do not resolve here.
     data = to_jsonable({str(k): v for k, v in config.items() if str(k) not in top})
     for name in ignored:

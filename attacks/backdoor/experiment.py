@@ -38,7 +38,7 @@ from .base import PoisonAttack, Poisoned
 
 SECTION = "backdoor"
 RECORD_HINT = ("a task=backdoor run: its record.json or run directory, its run id, its model key, or an attack name "
-               "such as badnets (that attack's latest run on this dataset and model)")  # fmt: skip
+               "such as badnets (that attack's latest run on this dataset, model, recipe and seed)")  # fmt: skip
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -183,6 +183,7 @@ def poison_stage(
         "attack": type(attack).__name__,
         "options": attack_options(attack),
         "snapshot_epochs": epochs,
+        "snapshot_lr": "mean since the previous snapshot",
         "surrogate": clean.info.get("weights_hash") if attack.needs_clean_model and clean is not None else None,
     }
     key = content_key(blob)
@@ -190,6 +191,8 @@ def poison_stage(
                      weights_file=WEIGHTS_FILE, what="poisoned model")  # fmt: skip
 
     def restore(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], list[Snapshot]]:
+        if "poison_indices" not in state or "snapshot_lrs" not in meta:
+            raise CheckpointError("it lacks the poison indices or the snapshots' learning rates")
         if not torch.equal(state["poison_indices"], poisoned.indices):
             raise CheckpointError("its poison indices differ from this run's poisoning")
         apply_state(model, _prefixed(state, "final."), entry.weights)
@@ -232,10 +235,14 @@ def _train(
     """Train on the poisoned set (the subset is already drawn) and keep the snapshots."""
     bundle = dataclasses.replace(data, train=TensorDataset(poisoned.x, poisoned.y))
     kept: list[Snapshot] = []
+    rates: list[float] = []
 
     def snap(epoch: int, net: torch.nn.Module, lr: float) -> None:
-        if epoch in epochs:
-            kept.append(Snapshot(epoch, lr, {k: v.detach().cpu().clone() for k, v in network_state(model).items()}))
+        rates.append(lr)
+        if epoch in epochs:  # weighted by the mean learning rate since the previous snapshot (TracInCP's η)
+            mean = sum(rates) / len(rates)
+            rates.clear()
+            kept.append(Snapshot(epoch, mean, {k: v.detach().cpu().clone() for k, v in network_state(model).items()}))
 
     whole = Recipe.coerce({**recipe.to_dict(), "train_subset": None})
     metrics = train_classifier(model, bundle, whole, device=device, seed=seed, verbose=verbose, on_epoch=snap)
@@ -262,10 +269,20 @@ def stage_from_record(record: dict[str, Any], home: str, *, verbose: bool = True
                         snapshots=int(task.get("snapshots", 0)), verbose=verbose)  # fmt: skip
 
 
-def find_backdoor_record(value: Any, home: Path, dataset: str, model: str) -> dict[str, Any]:
-    """The finished ``task=backdoor`` record ``value`` names (see :data:`RECORD_HINT`); one line when it is not one."""
+def find_backdoor_record(
+    value: Any,
+    home: Path,
+    dataset: str,
+    model: str,
+    *,
+    train: Any = None,
+    seed: Any = None,
+    task: str = "backdoor_defense",
+) -> dict[str, Any]:
+    """The finished ``task=backdoor`` record ``value`` names (see :data:`RECORD_HINT`); one line when it is not one.
+    An attack name matches that attack's latest run with this ``dataset``, ``model``, ``train`` recipe and ``seed``."""
     if value in (None, ""):
-        raise ConfigError(f"task=backdoor_defense needs backdoor=<{RECORD_HINT}>")
+        raise ConfigError(f"task={task} needs backdoor=<{RECORD_HINT}>")
     text = str(value)
     path = Path(text).expanduser()
     record: dict[str, Any] | None = None
@@ -286,16 +303,21 @@ def find_backdoor_record(value: Any, home: Path, dataset: str, model: str) -> di
             by_key = [r for r in backdoor if (r.get("names") or {}).get("backdoor_key") == text]
             by_attack = [r for r in backdoor if (r.get("names") or {}).get("attack") == text
                          and r["names"].get("dataset") == dataset and r["names"].get("model") == model]  # fmt: skip
-            found = by_key or by_attack
+            same = [r for r in by_attack if (train is None or r["config"].get("train") == to_plain(train))
+                    and (seed is None or r["config"].get("seed") == seed)]  # fmt: skip
+            if by_attack and not same and not by_key:
+                raise ConfigError(f"backdoor={text}: its runs on {dataset}/{model} used another recipe (train=) or "
+                                  "seed; give the same train.* and seed options, or the run id")  # fmt: skip
+            found = by_key or same
             record = found[-1] if found else None
     if record is None:
         raise ConfigError(f"backdoor={text}: no such record, run id, key or attack run on {dataset}/{model} in "
                           f"{home}; give {RECORD_HINT}")  # fmt: skip
     names = record.get("names") or {}
-    task = names.get("task") or (record.get("config") or {}).get("task", {}).get("name")
-    if task != "backdoor":
+    kind = names.get("task") or (record.get("config") or {}).get("task", {}).get("name")
+    if kind != "backdoor":
         raise ConfigError(
-            f"backdoor={text} is a task={task} record (attack {names.get('attack')} on "
+            f"backdoor={text} is a task={kind} record (attack {names.get('attack')} on "
             f"{names.get('model')} / {names.get('dataset')}), not a backdoor record; give {RECORD_HINT}"
         )
     if record.get("status") != "finished":

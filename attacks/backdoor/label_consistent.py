@@ -46,6 +46,7 @@ class LabelConsistent(PoisonAttack):
         check_number("LabelConsistent", "step_size", self.step_size)
         check_int("LabelConsistent", "size", self.size, 1)
         check_int("LabelConsistent", "batch_size", self.batch_size, 1)
+        check_number("LabelConsistent", "amplitude", self.amplitude)
         if not 0 < self.amplitude <= 1:
             raise ConfigError(f"LabelConsistent: amplitude must be in (0, 1], got {self.amplitude!r}")
 

@@ -48,6 +48,7 @@ class NeuralCleanseDefense(BackdoorDefense):
         check_number("Neural Cleanse", "threshold", self.threshold)
         check_int("Neural Cleanse", "unlearn_epochs", self.unlearn_epochs, 1)
         check_number("Neural Cleanse", "unlearn_lr", self.unlearn_lr)
+        check_number("Neural Cleanse", "unlearn_fraction", self.unlearn_fraction)
         if not 0 < self.unlearn_fraction < 1:
             raise ConfigError(f"Neural Cleanse: unlearn_fraction must be in (0, 1), got {self.unlearn_fraction!r}")
 
@@ -77,6 +78,7 @@ class STRIPDefense(BackdoorDefense):
 
     def __post_init__(self) -> None:
         check_int("STRIP", "n_overlays", self.n_overlays, 1)
+        check_number("STRIP", "fpr", self.fpr)
         if not 0 < self.fpr < 1:
             raise ConfigError(f"STRIP: fpr must be in (0, 1), got {self.fpr!r}")
 
@@ -98,6 +100,7 @@ class SpectralDefense(BackdoorDefense):
     removal_factor: float = 1.5
 
     def __post_init__(self) -> None:
+        check_number("Spectral", "expected_rate", self.expected_rate)
         if not 0 < self.expected_rate < 1:
             raise ConfigError(f"Spectral: expected_rate must be in (0, 1), got {self.expected_rate!r}")
         check_number("Spectral", "removal_factor", self.removal_factor)
@@ -122,6 +125,7 @@ class ActivationClusteringDefense(BackdoorDefense):
     components: int = 10
 
     def __post_init__(self) -> None:
+        check_number("Activation Clustering", "max_cluster_share", self.max_cluster_share)
         if not 0 < self.max_cluster_share <= 0.5:
             raise ConfigError(f"Activation Clustering: max_cluster_share must be in (0, 0.5], "
                               f"got {self.max_cluster_share!r}")  # fmt: skip

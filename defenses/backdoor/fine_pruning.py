@@ -36,6 +36,7 @@ class FinePruning(BackdoorDefense):
     batch_size: int = 128
 
     def __post_init__(self) -> None:
+        check_number("FinePruning", "max_accuracy_drop", self.max_accuracy_drop)
         if not 0 < self.max_accuracy_drop < 1:
             raise ConfigError(f"FinePruning: max_accuracy_drop must be in (0, 1), got {self.max_accuracy_drop!r}")
         check_int("FinePruning", "epochs", self.epochs, 0)

@@ -26,6 +26,7 @@ from advsuite.attacks.backdoor.task import (
     run_names,
 )
 from advsuite.configs import to_plain
+from advsuite.data.bundle import as_tensors
 from advsuite.detector import detection_metrics
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
@@ -42,7 +43,10 @@ def build_backdoor_defense(options: Any, choice: str | None) -> BackdoorDefense:
     plain = {k: v for k, v in dict(to_plain(options) or {}).items() if v is not None}  # null: the class's default
     target = plain.pop("_target_", None)
     plain.pop("name", None)
-    cls = get_class(str(target)) if target else None
+    try:
+        cls = get_class(str(target)) if target else None
+    except (ImportError, ValueError):  # e.g. defense=none: its _target_ is a function
+        cls = None
     if not (isinstance(cls, type) and issubclass(cls, BackdoorDefense)):
         raise ConfigError(f"{label} is not a backdoor defense: task=backdoor_defense takes defense=fine_tuning, "
                           "fine_pruning, neural_cleanse, strip, spectral or activation_clustering")  # fmt: skip
@@ -52,9 +56,12 @@ def build_backdoor_defense(options: Any, choice: str | None) -> BackdoorDefense:
 
 
 def defense_context(stage: BackdoorStage, clean_share: float, seed: int) -> DefenseContext:
-    """The defender's view: the training set as trained on, and ``clean_share`` of it drawn from the clean part."""
+    """The defender's view: the training set as trained on, and ``clean_share`` of it drawn from the samples the
+    attack left untouched (not the poison, nor the samples an attack changed otherwise, e.g. WaNet's noise mode)."""
     n = len(stage.poisoned.y)
-    clean = torch.ones(n, dtype=torch.bool)
+    x, y = as_tensors(stage.data.train)
+    x, y = x[stage.train_indices], y[stage.train_indices]
+    clean = (stage.poisoned.x == x).flatten(1).all(1) & (stage.poisoned.y == y)
     clean[stage.poisoned.indices] = False
     pool = clean.nonzero().flatten()
     gen = torch.Generator().manual_seed(derive_seed(seed, "clean reserve"))
@@ -97,24 +104,26 @@ def detection(stage: BackdoorStage, outcome: DefenseOutcome, clean_scores: Any, 
 
 def run_backdoor_defense(cfg: DictConfig) -> dict[str, Any]:
     home = advsuite_home(cfg.paths.home)
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    defense_name = str(choices.get("defense") or cfg.defense.get("name") or "defense")
+    # options and the attack run first: a refusal costs nothing, and the run's identity is the attack run it defends
+    check_backdoor_task(cfg.task)
+    share = cfg.task.clean_share
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+        raise ConfigError(f"task.clean_share must be in (0, 1) (the defender's clean share of the training set), "
+                          f"got {share!r}")  # fmt: skip
+    defense = build_backdoor_defense(cfg.defense, defense_name)
+    names = run_names(cfg, "unknown", "backdoor_defense", defense_name)
+    attack_record = find_backdoor_record(cfg.get("backdoor"), home, names["dataset"], names["model"],
+                                         train=cfg.get("train"), seed=cfg.get("seed"))  # fmt: skip
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    config["backdoor_run"] = attack_record["run_id"]  # so a rerun attack gets a new defense run, not a skip
     hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
     if not cfg.redo and (previous := recorder.previous()) is not None:
         print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
         return previous
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    defense_name = str(choices.get("defense") or cfg.defense.get("name") or "defense")
     with recorder:
-        recorder.names = run_names(cfg, "unknown", "backdoor_defense", defense_name)
-        check_backdoor_task(cfg.task)
-        share = cfg.task.clean_share
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
-            raise ConfigError(f"task.clean_share must be in (0, 1) (the defender's clean share of the training set), "
-                              f"got {share!r}")  # fmt: skip
-        defense = build_backdoor_defense(cfg.defense, defense_name)
-        names = recorder.names
-        attack_record = find_backdoor_record(cfg.get("backdoor"), home, names["dataset"], names["model"])
         attack_names = attack_record["names"]
         recorder.names = {**names, "attack": attack_names["attack"], "dataset": attack_names["dataset"],
                           "model": attack_names["model"], "weights_hash": attack_names.get("weights_hash"),
@@ -131,7 +140,8 @@ def run_backdoor_defense(cfg: DictConfig) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         after, clean_scores, bd_scores = filtered_backdoor_metrics(outcome.model, stage.attack, x, y, k, batch,
                                                                    outcome.input_score, outcome.threshold)  # fmt: skip
-        metrics = metrics_dict(after) | {f"before_{k}": v for k, v in metrics_dict(before).items() if "n_" not in k}
+        counts = ("n_test", "n_backdoor_test")
+        metrics = metrics_dict(after) | {f"before_{k}": v for k, v in metrics_dict(before).items() if k not in counts}
         metrics |= {"der": defense_effectiveness_rate(before, after), "defense_seconds": round(seconds, 2),
                     "defense_kind": defense.kind}  # fmt: skip
         metrics |= detection(stage, outcome, clean_scores, bd_scores)

@@ -61,17 +61,19 @@ def queries_and_candidates(stage: BackdoorStage, n_queries: int, seed: int) -> t
 
 def run_backdoor_identify(cfg: DictConfig) -> dict[str, Any]:
     home = advsuite_home(cfg.paths.home)
+    methods = check_identify_task(cfg.task)  # options and the attack run first, as task=backdoor_defense
+    names = run_names(cfg, "unknown", "backdoor_identify", "influence")
+    dataset, model = names["dataset"], names["model"]
+    attack_record = find_backdoor_record(cfg.get("backdoor"), home, dataset, model, train=cfg.get("train"),
+                                         seed=cfg.get("seed"), task="backdoor_identify")  # fmt: skip
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    config["backdoor_run"] = attack_record["run_id"]
     hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
     if not cfg.redo and (previous := recorder.previous()) is not None:
         print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
         return previous
     with recorder:
-        recorder.names = run_names(cfg, "unknown", "backdoor_identify", "influence")
-        methods = check_identify_task(cfg.task)
-        names = recorder.names
-        attack_record = find_backdoor_record(cfg.get("backdoor"), home, names["dataset"], names["model"])
         found = attack_record["names"]
         recorder.names = {
             **names,
