@@ -46,6 +46,14 @@ def test_badnets_implants_a_backdoor_at_the_clean_models_accuracy(badnets: dict[
     assert (run_dir / "triggers.png").is_file()
 
 
+def test_the_label_consistent_attack_implants_without_changing_a_label(badnets: dict[str, Any]) -> None:
+    record = run("task=backdoor", "attack=lc", *RECIPE)  # the clean model of the same recipe is cached already
+    m = record["metrics"]
+    assert record["names"]["attack"] == "lc" and m["clean_label"] is True
+    assert m["asr"] >= 0.6 > m["clean_model_asr"] + 0.5  # measured 0.82 (the clean model: 0.00)
+    assert m["clean_accuracy"] >= 0.8  # the whole target class is perturbed at 10%: measured 0.89 (clean 0.97)
+
+
 def test_a_second_run_loads_the_cached_poisoned_model(badnets: dict[str, Any]) -> None:
     again = run("task=backdoor", "attack=badnets", *RECIPE, "redo=true")
     assert again["metrics"]["model_source"] == "cache"

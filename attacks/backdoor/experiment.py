@@ -173,7 +173,8 @@ def poison_stage(
     if clean_reference or attack.needs_clean_model:
         clean = load_model(spec, data, recipe=recipe, device=device, cache_dir=cache_dir, seed=seed, verbose=verbose)
         attack.attach_clean_model(clean)
-    poisoned = attack.poison(x, y, data.num_classes, make_generator(derive_seed(seed, "poison", attack_name)))
+    kind = type(attack).__name__.lower()  # the poison and the entry follow the class, not the config's name
+    poisoned = attack.poison(x, y, data.num_classes, make_generator(derive_seed(seed, "poison", kind)))
 
     model, base_info = build_untrained(parsed, data, seed)
     zoo_key = cache_key(parsed, data, recipe, base_info["adaptation"], seed)
@@ -187,7 +188,7 @@ def poison_stage(
         "surrogate": clean.info.get("weights_hash") if attack.needs_clean_model and clean is not None else None,
     }
     key = content_key(blob)
-    entry = Entry.at(cache_dir, SECTION, data.name, f"{parsed['arch']}-{attack_name}-{key}",
+    entry = Entry.at(cache_dir, SECTION, data.name, f"{parsed['arch']}-{kind}-{key}",
                      weights_file=WEIGHTS_FILE, what="poisoned model")  # fmt: skip
 
     def restore(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], list[Snapshot]]:

@@ -6,6 +6,7 @@ backdoor=<record, run id or key>`` consumes it. See docs/backdoor.md.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +31,19 @@ TITLES = {
     "clean_model_accuracy": "clean model CA",
     "ca_drop": "CA drop",
 }
+
+
+def config_name(target: str) -> str:
+    """The ``attack=`` config whose ``_target_`` is ``target`` (``lc`` for LabelConsistent), as the command line
+    names it; outside a Hydra run (``advsuite.run``) the choice is not recorded, so it is looked up."""
+    from advsuite.api import attack_names
+
+    folder = importlib.resources.files("advsuite.conf") / "attack"
+    for name in attack_names("poison"):
+        node = OmegaConf.create((folder / f"{name}.yaml").read_text(encoding="utf-8"))
+        if isinstance(node, DictConfig) and node.get("_target_") == target:
+            return name
+    return target.rsplit(".", 1)[-1].lower()
 
 
 def check_backdoor_task(task: DictConfig) -> None:
@@ -72,7 +86,7 @@ def run_backdoor(cfg: DictConfig) -> dict[str, Any]:
         print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
         return previous
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    attack_name = str(choices.get("attack") or cfg.attack.get("_target_", "attack").rsplit(".", 1)[-1].lower())
+    attack_name = str(choices.get("attack") or config_name(str(cfg.attack.get("_target_"))))
     with recorder:
         recorder.names = run_names(cfg, attack_name, "backdoor")
         check_backdoor_task(cfg.task)
