@@ -50,7 +50,7 @@ def test_the_label_consistent_attack_implants_without_changing_a_label(badnets: 
     record = run("task=backdoor", "attack=lc", *RECIPE)  # the clean model of the same recipe is cached already
     m = record["metrics"]
     assert record["names"]["attack"] == "lc" and m["clean_label"] is True
-    assert m["asr"] >= 0.6 > m["clean_model_asr"] + 0.5  # measured 0.82 (the clean model: 0.00)
+    assert m["asr"] >= 0.6 and m["clean_model_asr"] <= 0.1  # measured 0.82 and 0.00
     assert m["clean_accuracy"] >= 0.8  # the whole target class is perturbed at 10%: measured 0.89 (clean 0.97)
 
 
