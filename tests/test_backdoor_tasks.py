@@ -168,6 +168,9 @@ def test_defense_runs_refuse_what_is_not_a_backdoor_record(tmp_path: Path) -> No
         (("task=backdoor_identify", "backdoor=badnets", "task.methods=[influence]"), "task.methods must be"),
     ],
 )
-def test_bad_options_get_one_line_before_anything_trains(overrides: tuple[str, ...], message: str) -> None:
+def test_bad_options_get_one_line_before_anything_trains(
+    overrides: tuple[str, ...], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADVSUITE_HOME", str(tmp_path))  # refused runs' records stay out of the shared home
     with pytest.raises(ConfigError, match=message):
         run(*overrides)
