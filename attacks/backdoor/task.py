@@ -77,13 +77,22 @@ def metrics_dict(m: BackdoorMetrics) -> dict[str, Any]:
             "n_backdoor_test": m.n_backdoor}  # fmt: skip
 
 
-def run_backdoor(cfg: DictConfig) -> dict[str, Any]:
-    home = advsuite_home(cfg.paths.home)
-    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+def open_recorder(cfg: DictConfig, home: Path, **identity: Any) -> tuple[RunRecorder, dict[str, Any] | None]:
+    """The run's recorder (its config plus ``identity``, e.g. the attack run a defense resolves to, is what makes
+    two runs identical) and the finished record of an identical run, unless ``redo``."""
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)) | identity
     hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
-    if not cfg.redo and (previous := recorder.previous()) is not None:
+    previous = None if cfg.redo else recorder.previous()
+    if previous is not None:
         print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
+    return recorder, previous
+
+
+def run_backdoor(cfg: DictConfig) -> dict[str, Any]:
+    home = advsuite_home(cfg.paths.home)
+    recorder, previous = open_recorder(cfg, home)
+    if previous is not None:
         return previous
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     attack_name = str(choices.get("attack") or config_name(str(cfg.attack.get("_target_"))))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from advsuite.attacks.backdoor.experiment import BackdoorStage, find_backdoor_record, stage_from_record
 from advsuite.attacks.backdoor.metrics import defense_effectiveness_rate, filtered_backdoor_metrics
@@ -23,6 +23,7 @@ from advsuite.attacks.backdoor.task import (
     format_backdoor,
     held_out_sample,
     metrics_dict,
+    open_recorder,
     run_names,
 )
 from advsuite.configs import to_plain
@@ -30,7 +31,6 @@ from advsuite.data.bundle import as_tensors
 from advsuite.detector import detection_metrics
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
-from advsuite.recording import RunRecorder
 from advsuite.seeding import derive_seed, seed_everything
 from advsuite.validation import check_known_options
 
@@ -116,12 +116,9 @@ def run_backdoor_defense(cfg: DictConfig) -> dict[str, Any]:
     names = run_names(cfg, "unknown", "backdoor_defense", defense_name)
     attack_record = find_backdoor_record(cfg.get("backdoor"), home, names["dataset"], names["model"],
                                          train=cfg.get("train"), seed=cfg.get("seed"))  # fmt: skip
-    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    config["backdoor_run"] = attack_record["run_id"]  # so a rerun attack gets a new defense run, not a skip
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
-    if not cfg.redo and (previous := recorder.previous()) is not None:
-        print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
+    # keyed by the attack run it resolves to: a rerun attack gets a new defense run, not a skip
+    recorder, previous = open_recorder(cfg, home, backdoor_run=attack_record["run_id"])
+    if previous is not None:
         return previous
     with recorder:
         attack_names = attack_record["names"]

@@ -10,18 +10,15 @@ query's rank among the candidates (1: the targeted class is identified) and the 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from advsuite.attacks.backdoor.experiment import BackdoorStage, find_backdoor_record, stage_from_record
-from advsuite.attacks.backdoor.task import held_out_sample, run_names
+from advsuite.attacks.backdoor.task import held_out_sample, open_recorder, run_names
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
-from advsuite.recording import RunRecorder
 from advsuite.seeding import seed_everything
 from advsuite.validation import check_int
 
@@ -66,12 +63,8 @@ def run_backdoor_identify(cfg: DictConfig) -> dict[str, Any]:
     dataset, model = names["dataset"], names["model"]
     attack_record = find_backdoor_record(cfg.get("backdoor"), home, dataset, model, train=cfg.get("train"),
                                          seed=cfg.get("seed"), task="backdoor_identify")  # fmt: skip
-    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    config["backdoor_run"] = attack_record["run_id"]
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
-    if not cfg.redo and (previous := recorder.previous()) is not None:
-        print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
+    recorder, previous = open_recorder(cfg, home, backdoor_run=attack_record["run_id"])
+    if previous is not None:
         return previous
     with recorder:
         found = attack_record["names"]
