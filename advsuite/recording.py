@@ -1,7 +1,7 @@
 """Recording a run: the record (written whatever happens), its artifacts and the printed summary.
 
-Used by ``task=evaluate`` and by :func:`advsuite.api.evaluate_and_record`, so the CLI and the Python
-API write the same records into the same store.
+Used by the tasks (:func:`open_recorder`) and by :func:`advsuite.api.evaluate_and_record`, so the CLI and the
+Python API write the same records into the same store.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from advsuite.attack import Attack, FixedEpsilonAttack
 from advsuite.evaluation import Evaluation
@@ -136,6 +139,18 @@ def format_summary(names: dict[str, Any], metrics: dict[str, Any], titles: Mappi
     rows += [(k, fmt(v)) for k, v in metrics.items() if titles and k.startswith(tuple(titles))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def open_recorder(cfg: DictConfig, home: Path, **identity: Any) -> tuple[RunRecorder, dict[str, Any] | None]:
+    """A task's recorder (its config plus ``identity``, e.g. the attack run a defense resolves to, is what makes
+    two runs identical) and the finished record of an identical run, unless ``redo``."""
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)) | identity
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
+    previous = None if cfg.redo else recorder.previous()
+    if previous is not None:
+        print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
+    return recorder, previous
 
 
 class RunRecorder:

@@ -64,8 +64,10 @@ def test_poisoning_picks_the_rate_and_relabels_as_the_mode_says(attack):
     else:
         assert torch.equal(poisoned.y[idx], (y[idx] + 1) % 10)
     torch.testing.assert_close(poisoned.x[idx], attack.trigger(x[idx]))
+    changed = (poisoned.x != x).flatten(1).any(1) | (poisoned.y != y)
+    assert not changed[~poisoned.modified].any() and poisoned.modified[idx].all()
     if not isinstance(attack, WaNet):  # WaNet's noise mode also warps other samples (labels kept)
-        assert torch.equal(poisoned.x[rest], x[rest])
+        assert torch.equal(poisoned.x[rest], x[rest]) and torch.equal(poisoned.modified, ~rest)
 
 
 def test_wanet_noise_mode_warps_cross_ratio_times_as_many_with_their_labels():
@@ -75,6 +77,9 @@ def test_wanet_noise_mode_warps_cross_ratio_times_as_many_with_their_labels():
     moved = (poisoned.x != x).flatten(1).any(1)
     moved[poisoned.indices] = False
     assert int(moved.sum()) == 20 and torch.equal(poisoned.y[moved], y[moved])
+    assert torch.equal(
+        poisoned.modified.nonzero().flatten(), torch.cat([poisoned.indices, moved.nonzero().flatten()]).sort().values
+    )
 
 
 @pytest.mark.parametrize(

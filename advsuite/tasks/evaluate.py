@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from advsuite.attack import Attack, PrepareContext
 from advsuite.data import DataBundle, as_tensors
@@ -21,7 +20,7 @@ from advsuite.evaluation import evaluate
 from advsuite.models.classifier import Classifier
 from advsuite.models.zoo import load_model
 from advsuite.paths import advsuite_home
-from advsuite.recording import RunRecorder, format_summary, run_names, write_artifacts
+from advsuite.recording import format_summary, open_recorder, run_names, write_artifacts
 from advsuite.seeding import make_generator, seed_everything
 from advsuite.tasks.options import build_run_attack, build_run_defense, build_run_detector, check_run_options
 
@@ -83,11 +82,8 @@ def note_randomized_without_eot(defense: Defense | None, attack: Attack, metrics
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The evaluate task; returns the record (also written to the run directory and indexed)."""
     home = advsuite_home(cfg.paths.home)
-    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
-    if not cfg.redo and (previous := recorder.previous()) is not None:
-        print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
+    recorder, previous = open_recorder(cfg, home)
+    if previous is not None:
         return previous
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     attack: Attack | None = None

@@ -25,13 +25,22 @@ MODES = ("all_to_one", "all_to_all")
 
 @dataclass
 class Poisoned:
-    """A poisoned training set: images, the labels it trains on, which indices carry the trigger, and the
-    labels those samples had (``x``/``y`` are new tensors; the clean ones are untouched)."""
+    """A poisoned training set: images, the labels it trains on, which indices carry the trigger, the labels
+    those samples had, and which samples the attack changed at all (``modified``: the poison and, e.g., WaNet's
+    noise-mode samples). ``x``/``y`` are new tensors; the clean ones are untouched."""
 
     x: torch.Tensor
     y: torch.Tensor
     indices: torch.Tensor
     original_labels: torch.Tensor
+    modified: torch.Tensor  # bool, one per sample
+
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, original: torch.Tensor) -> Poisoned:
+        """A poisoned set whose only changed samples are the poison."""
+        modified = torch.zeros(len(y), dtype=torch.bool)
+        modified[indices] = True
+        return cls(x, y, indices, original, modified)
 
 
 @dataclass
@@ -120,4 +129,4 @@ class PoisonAttack(abc.ABC):
         x[indices] = self.trigger(x[indices])
         if not self.clean_label:
             y[indices] = self.target_labels(original, num_classes)
-        return Poisoned(x, y, indices, original)
+        return Poisoned.of(x, y, indices, original)

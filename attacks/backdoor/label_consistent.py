@@ -107,4 +107,4 @@ class LabelConsistent(PoisonAttack):
         indices = self.poison_indices(y, num_classes, generator)
         x = x.clone()
         x[indices] = self.trigger(self.perturb(x[indices], y[indices], generator))
-        return Poisoned(x, y.clone(), indices, y[indices].clone())
+        return Poisoned.of(x, y.clone(), indices, y[indices].clone())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from advsuite.data.bundle import sample_tensors
 from advsuite.paths import advsuite_home
 from advsuite.plots import save_image_grid
-from advsuite.recording import RunRecorder
+from advsuite.recording import open_recorder
 from advsuite.seeding import seed_everything
 from advsuite.validation import check_int
 
@@ -67,26 +67,9 @@ def run_names(cfg: DictConfig, attack_name: str, task: str, defense: str = "none
     }
 
 
-def held_out_sample(stage: BackdoorStage, n_test: int | None, seed: int) -> tuple[Any, Any]:
-    """A seeded, class-mixed sample of the test split (all of it when ``n_test`` is null)."""
-    return sample_tensors(stage.data.test, n_test, seed)
-
-
 def metrics_dict(m: BackdoorMetrics) -> dict[str, Any]:
     return {"clean_accuracy": m.clean_accuracy, "asr": m.asr, "ra": m.ra, "n_test": m.n_clean,
             "n_backdoor_test": m.n_backdoor}  # fmt: skip
-
-
-def open_recorder(cfg: DictConfig, home: Path, **identity: Any) -> tuple[RunRecorder, dict[str, Any] | None]:
-    """The run's recorder (its config plus ``identity``, e.g. the attack run a defense resolves to, is what makes
-    two runs identical) and the finished record of an identical run, unless ``redo``."""
-    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)) | identity
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    recorder = RunRecorder(config, home=home, run_dir=hydra_dir, seed=cfg.get("seed"))
-    previous = None if cfg.redo else recorder.previous()
-    if previous is not None:
-        print(f"skipped: an identical configuration already finished in {previous['run_dir']} (redo=true to rerun)")
-    return recorder, previous
 
 
 def run_backdoor(cfg: DictConfig) -> dict[str, Any]:
@@ -103,7 +86,7 @@ def run_backdoor(cfg: DictConfig) -> dict[str, Any]:
         seed_everything(int(cfg.seed))
         stage = poison_stage(cfg, attack, attack_name, clean_reference=bool(cfg.task.clean_reference),
                              snapshots=int(cfg.task.snapshots), verbose=bool(cfg.verbose))  # fmt: skip
-        x, y = held_out_sample(stage, cfg.task.n_test, int(cfg.seed))
+        x, y = sample_tensors(stage.data.test, cfg.task.n_test, int(cfg.seed))
         k = stage.data.num_classes
         measured = backdoor_metrics(stage.model, attack, x, y, k, int(cfg.batch_size))
         metrics = metrics_dict(measured)

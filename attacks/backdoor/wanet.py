@@ -71,4 +71,5 @@ class WaNet(PoisonAttack):
             _, _, h, w = x.shape
             noise = (torch.rand(len(chosen), h, w, 2, generator=generator) * 2 - 1) / h
             poisoned.x[chosen] = self._warp(x[chosen], noise)
+            poisoned.modified[chosen] = True
         return poisoned

@@ -21,16 +21,15 @@ from advsuite.attacks.backdoor.task import (
     TITLES,
     check_backdoor_task,
     format_backdoor,
-    held_out_sample,
     metrics_dict,
-    open_recorder,
     run_names,
 )
 from advsuite.configs import to_plain
-from advsuite.data.bundle import as_tensors
+from advsuite.data.bundle import sample_tensors
 from advsuite.detector import detection_metrics
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
+from advsuite.recording import open_recorder
 from advsuite.seeding import derive_seed, seed_everything
 from advsuite.validation import check_known_options
 
@@ -59,11 +58,7 @@ def defense_context(stage: BackdoorStage, clean_share: float, seed: int) -> Defe
     """The defender's view: the training set as trained on, and ``clean_share`` of it drawn from the samples the
     attack left untouched (not the poison, nor the samples an attack changed otherwise, e.g. WaNet's noise mode)."""
     n = len(stage.poisoned.y)
-    x, y = as_tensors(stage.data.train)
-    x, y = x[stage.train_indices], y[stage.train_indices]
-    clean = (stage.poisoned.x == x).flatten(1).all(1) & (stage.poisoned.y == y)
-    clean[stage.poisoned.indices] = False
-    pool = clean.nonzero().flatten()
+    pool = (~stage.poisoned.modified).nonzero().flatten()
     gen = torch.Generator().manual_seed(derive_seed(seed, "clean reserve"))
     reserve = pool[torch.randperm(len(pool), generator=gen)[: max(2, round(clean_share * n))]]
     return DefenseContext(
@@ -129,7 +124,7 @@ def run_backdoor_defense(cfg: DictConfig) -> dict[str, Any]:
         seed = int(cfg.seed)
         seed_everything(seed)
         stage = stage_from_record(attack_record, str(home), verbose=bool(cfg.verbose))
-        x, y = held_out_sample(stage, cfg.task.n_test, seed)
+        x, y = sample_tensors(stage.data.test, cfg.task.n_test, seed)
         k, batch = stage.data.num_classes, int(cfg.batch_size)
         before, _, _ = filtered_backdoor_metrics(stage.model, stage.attack, x, y, k, batch)
         started = time.perf_counter()

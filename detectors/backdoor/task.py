@@ -16,9 +16,11 @@ import torch
 from omegaconf import DictConfig
 
 from advsuite.attacks.backdoor.experiment import BackdoorStage, find_backdoor_record, stage_from_record
-from advsuite.attacks.backdoor.task import held_out_sample, open_recorder, run_names
+from advsuite.attacks.backdoor.task import run_names
+from advsuite.data.bundle import sample_tensors
 from advsuite.errors import ConfigError
 from advsuite.paths import advsuite_home
+from advsuite.recording import open_recorder
 from advsuite.seeding import seed_everything
 from advsuite.validation import check_int
 
@@ -39,7 +41,7 @@ def check_identify_task(task: DictConfig) -> list[str]:
 @torch.no_grad()
 def queries_and_candidates(stage: BackdoorStage, n_queries: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(x, predicted label, number of queries)``: the triggered queries first, then one clean candidate per class."""
-    x, y = held_out_sample(stage, None, seed)
+    x, y = sample_tensors(stage.data.test, None, seed)
     attack, model = stage.attack, stage.model
     keep = attack.attackable(y)
     triggered = attack.trigger(x[keep])
